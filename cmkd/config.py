@@ -1,0 +1,155 @@
+"""Typed, strict configuration of one distillation run, validated once at the edge.
+
+A YAML file or a Tune trial's dict becomes a :class:`DistillConfig`; an unknown key or an
+out-of-range value is a :class:`ConfigError` naming the key (and the file). Below this edge the
+code sees plain keyword arguments (:meth:`DistillConfig.step_kwargs`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cmkd import methods
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the source, the key and what is expected."""
+
+
+Algorithm = Literal["ce", "kd_unpaired", "fa_only", "ucmkd_sum", "ucmkd_bilevel"]
+
+
+class DistillConfig(BaseModel):
+    """Hyperparameters of one distillation run (a trial of a sweep, or a single run)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    algorithm: Algorithm = "ucmkd_sum"
+    """Training algorithm: ce (no distillation), kd_unpaired, fa_only, ucmkd_sum, ucmkd_bilevel."""
+    fa: Literal["sinkhorn", "mmd", "reference_ot"] = "sinkhorn"
+    """Feature-alignment term."""
+    la: Literal["teacher_ce", "kl", "prior", "kappa_reference"] = "teacher_ce"
+    """Label-alignment term."""
+    w_fa: float = Field(1.0, ge=0.0, le=1e3)
+    """Weight of feature alignment (0 switches it off)."""
+    w_la: float = Field(1.0, ge=0.0, le=1e3)
+    """Weight of label alignment (0 switches it off)."""
+    normalize: Literal["l2", "layernorm", "none"] = "l2"
+    """Feature scaling before FA: raw feature norms make squared-Euclidean OT collapse."""
+    epsilon: float = Field(0.1, gt=0.0, le=100.0)
+    """Sinkhorn temperature ε in units of the cost ½‖x−y‖² (geomloss blur = sqrt(ε))."""
+    scaling: float = Field(0.9, ge=0.8, lt=1.0)
+    """geomloss ε-scaling ratio; below 0.8 the divergence can turn negative."""
+    reach: float | None = Field(None, gt=0.0)
+    """Unbalanced OT reach (None: balanced)."""
+    refine: int = Field(10, ge=0, le=10_000)
+    """Extra Sinkhorn iterations at the target ε after annealing."""
+    mmd_multiplier: float = Field(1.0, gt=0.0, le=1e3)
+    """MMD bandwidth multiplier of the detached median (or mean) pairwise squared distance."""
+    mmd_kernels: int = Field(5, ge=1, le=16)
+    """Number of Gaussian kernels in the MMD."""
+    mmd_bandwidth: Literal["median", "mean"] = "median"
+    """Base bandwidth statistic."""
+    label_cost: float = Field(0.0, ge=0.0, le=1e3)
+    """β added to the FA cost on a label mismatch (0: label-agnostic)."""
+    class_conditional: bool = False
+    """FA as the mean of per-class terms."""
+    ot_reg: float = Field(0.1, gt=0.0, le=100.0)
+    """Entropic regularisation of the reference OT (cosine cost)."""
+    ot_iters: int = Field(100, ge=1, le=10_000)
+    """Sinkhorn iterations of the reference OT."""
+    la_temperature: float = Field(1.0, gt=0.0, le=100.0)
+    """Temperature of the KL label alignment."""
+    kd_temperature: float = Field(4.0, gt=0.0, le=100.0)
+    """Hinton KD temperature T."""
+    kd_alpha: float = Field(0.9, ge=0.0, le=1.0)
+    """Hinton KD weight α on the soft term."""
+    inner_lr: float = Field(3e-5, gt=0.0, lt=1.0)
+    """Bilevel: learning rate of the look-ahead copy."""
+    n1: int = Field(1, ge=0, le=100)
+    """Bilevel: FA steps on the copy."""
+    n2: int = Field(1, ge=0, le=100)
+    """Bilevel: LA steps on the copy."""
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    """Gradient-norm clip (None: off)."""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """Student optimizer."""
+    lr: float = Field(1e-3, gt=0.0, lt=10.0)
+    """Student learning rate."""
+    weight_decay: float = Field(1e-2, ge=0.0, lt=1.0)
+    """Student weight decay."""
+    batch_size: int = Field(64, ge=2, le=65_536)
+    """Student samples per step (and per rank under DDP)."""
+    epochs: int = Field(10, ge=1, le=10_000)
+    """Passes over the student's training set."""
+    seed: int = Field(0, ge=0)
+    """Random seed of the run."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> DistillConfig:
+        """Validate a dict; errors name ``source`` and every offending key."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(_describe(e, source)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> DistillConfig:
+        """Read and validate a YAML file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        return cls.from_dict(data or {}, source=str(path))
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.model_dump(), sort_keys=False))
+
+    def fa_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the chosen feature-alignment term."""
+        if self.fa == "reference_ot":
+            return {"reg": self.ot_reg, "num_iter": self.ot_iters}
+        shared = {"label_cost": self.label_cost, "class_conditional": self.class_conditional,
+                  "normalize_mode": self.normalize}
+        if self.fa == "sinkhorn":
+            return {"epsilon": self.epsilon, "scaling": self.scaling, "reach": self.reach,
+                    "refine": self.refine, **shared}
+        return {"multiplier": self.mmd_multiplier, "num_kernels": self.mmd_kernels,
+                "bandwidth": self.mmd_bandwidth, **shared}
+
+    def la_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the chosen label-alignment term."""
+        return {"temperature": self.la_temperature} if self.la == "kl" else {}
+
+    def step_kwargs(self) -> dict[str, Any]:
+        """Flat keyword arguments for :func:`cmkd.methods.make_step`."""
+        return {
+            "fa": methods.make_fa(self.fa, **self.fa_kwargs()),
+            "la": methods.make_la(self.la, **self.la_kwargs()),
+            "w_fa": self.w_fa, "w_la": self.w_la, "grad_clip": self.grad_clip,
+            "kd_temperature": self.kd_temperature, "kd_alpha": self.kd_alpha,
+            "inner_lr": self.inner_lr, "n1": self.n1, "n2": self.n2,
+        }
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(key, DistillConfig.model_fields, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            lines.append(f"{source}: unknown key '{key}'{hint}")
+        else:
+            lines.append(f"{source}: key '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)

@@ -1,0 +1,407 @@
+"""The on-disk layout of a benchmark, and its validation on load.
+
+A benchmark is a directory::
+
+    DIR/meta.json                   name, num_classes, class_names, modalities (shape of x), seed
+    DIR/{modality}_{split}.parquet  split in train, val, test
+
+Each parquet file has the columns
+
+    id     string, unique within the file
+    label  integer in 0..num_classes-1 (read as int64)
+    x      fixed_size_list<float32>[prod(shape)]; the field metadata key ``shape`` holds the shape
+    group  optional string: speaker, voice or writer, for group-disjoint splits
+
+Every problem found in the data raises :class:`DataError` naming the file and the column (or
+the meta.json key), what was expected and what was found, so a run fails before training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+META_FILE = "meta.json"
+_MODALITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class DataError(ValueError):
+    """A problem in a benchmark's files: names the file, the column or key, and what is wrong."""
+
+    def __init__(
+        self, path: str | Path, problem: str, *, column: str | None = None, key: str | None = None
+    ):
+        self.path = str(path)
+        self.column = column
+        self.key = key
+        where = f"column '{column}': " if column else f"key '{key}': " if key else ""
+        super().__init__(f"{self.path}: {where}{problem}")
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What meta.json says about a benchmark.
+
+    shapes maps each modality to the shape of one row of x, e.g. {"image": (1, 28, 28)}.
+    params holds the build parameters (free-form, JSON-serialisable).
+    """
+
+    name: str
+    num_classes: int
+    shapes: dict[str, tuple[int, ...]]
+    class_names: tuple[str, ...] | None = None
+    seed: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.shapes)
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One modality's split, loaded and checked.
+
+    x: (N, *shape) float32, y: (N,) int64, ids: (N,) str, groups: (N,) str or None.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    ids: np.ndarray
+    groups: np.ndarray | None
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def split_path(directory: str | Path, modality: str, split: str) -> Path:
+    """The file holding one modality's split: DIR/{modality}_{split}.parquet."""
+    return Path(directory) / f"{modality}_{split}.parquet"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_split(
+    path: str | Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    ids: Sequence[str],
+    groups: Sequence[str] | None = None,
+) -> Path:
+    """Write one modality's split as parquet.
+
+    x: (N, *shape) floating, stored as float32; y: (N,) integer; ids: N unique strings;
+    groups: N strings or None. The shape goes into the field metadata of x.
+    """
+    path = Path(path)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.asarray(y)
+    if x.ndim < 2:
+        raise ValueError(f"x must be (N, *shape), got shape {x.shape}")
+    n, shape = x.shape[0], tuple(int(s) for s in x.shape[1:])
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (n,):
+        raise ValueError(f"y must be ({n},) integer, got {y.shape} {y.dtype}")
+    if len(ids) != n or (groups is not None and len(groups) != n):
+        raise ValueError(f"ids and groups must have {n} entries like x")
+    x_type = pa.list_(pa.float32(), math.prod(shape))
+    columns = {
+        "id": pa.array([str(i) for i in ids], pa.string()),
+        "label": pa.array(y.astype(np.int64), pa.int64()),
+        "x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), math.prod(shape)),
+    }
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("label", pa.int64(), nullable=False),
+        pa.field("x", x_type, nullable=False, metadata={"shape": json.dumps(list(shape))}),
+    ]
+    if groups is not None:
+        columns["group"] = pa.array([str(g) for g in groups], pa.string())
+        fields.append(pa.field("group", pa.string(), nullable=False))
+    table = pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="zstd")
+    return path
+
+
+def write_meta(
+    directory: str | Path,
+    name: str,
+    num_classes: int,
+    shapes: dict[str, Sequence[int]],
+    *,
+    seed: int | None = None,
+    class_names: Sequence[str] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Path:
+    """Write DIR/meta.json. shapes maps modality -> shape of one row of x."""
+    meta = {
+        "name": name,
+        "num_classes": int(num_classes),
+        "class_names": list(class_names) if class_names is not None else None,
+        "modalities": {m: {"shape": [int(s) for s in shape]} for m, shape in shapes.items()},
+        "seed": seed,
+        "params": params or {},
+    }
+    path = Path(directory) / META_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_meta(directory: str | Path) -> Meta:
+    """Read and check DIR/meta.json."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise DataError(path, "missing meta.json: expected it in the benchmark directory")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(path, f"not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise DataError(path, f"expected a JSON object, found {type(raw).__name__}")
+    for key in ("name", "num_classes", "modalities"):
+        if key not in raw:
+            raise DataError(path, "missing", key=key)
+    num_classes = raw["num_classes"]
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise DataError(path, f"expected an integer >= 2, found {num_classes!r}", key="num_classes")
+    modalities = raw["modalities"]
+    if not isinstance(modalities, dict) or not modalities:
+        raise DataError(
+            path, f"expected {{modality: {{shape}}}}, found {modalities!r}", key="modalities"
+        )
+    shapes: dict[str, tuple[int, ...]] = {}
+    for modality, spec in modalities.items():
+        key = f"modalities.{modality}.shape"
+        if not _MODALITY_NAME.match(modality):
+            raise DataError(path, f"modality name {modality!r} must match [A-Za-z0-9_-]+", key=key)
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if not isinstance(shape, list) or not shape or not all(_positive_int(s) for s in shape):
+            raise DataError(path, f"expected a list of positive integers, found {shape!r}", key=key)
+        shapes[modality] = tuple(shape)
+    class_names = raw.get("class_names")
+    if class_names is not None and (
+        not isinstance(class_names, list) or len(class_names) != num_classes
+    ):
+        raise DataError(
+            path, f"expected {num_classes} names, found {class_names!r}", key="class_names"
+        )
+    return Meta(
+        name=str(raw["name"]),
+        num_classes=num_classes,
+        shapes=shapes,
+        class_names=tuple(class_names) if class_names is not None else None,
+        seed=raw.get("seed"),
+        params=raw.get("params") or {},
+    )
+
+
+def load_split(directory: str | Path, modality: str, split: str, meta: Meta | None = None) -> Split:
+    """Load DIR/{modality}_{split}.parquet and check it against meta.json.
+
+    Checks the schema, nulls, non-finite features, the label range and duplicate ids.
+    Returns x: (N, *shape) float32, y: (N,) int64, ids: (N,) str, groups: (N,) str or None.
+    """
+    meta = meta or read_meta(directory)
+    if modality not in meta.shapes:
+        raise DataError(
+            Path(directory) / META_FILE,
+            f"no modality {modality!r}; found {list(meta.shapes)}",
+            key="modalities",
+        )
+    path = split_path(directory, modality, split)
+    shape = meta.shapes[modality]
+    schema = _read_schema(path)
+    _check_schema(path, schema, shape)
+    columns = ["id", "label", "x"] + (["group"] if "group" in schema.names else [])
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(path, f"unreadable parquet data ({err})") from None
+    if table.num_rows == 0:
+        raise DataError(path, "expected at least one row, found none", column="label")
+    for name in columns:
+        if table.column(name).null_count:
+            nulls = table.column(name).null_count
+            raise DataError(path, f"expected no nulls, found {nulls}", column=name)
+
+    ids = np.asarray(table.column("id").to_pylist(), dtype=str)
+    y = table.column("label").to_numpy().astype(np.int64)
+    x_column = table.column("x").combine_chunks()
+    values = x_column.flatten()
+    if values.null_count:
+        raise DataError(path, f"expected no null values, found {values.null_count}", column="x")
+    x = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    x = x.reshape((table.num_rows, *shape))
+    groups = None
+    if "group" in columns:
+        groups = np.asarray(table.column("group").to_pylist(), dtype=str)
+
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise DataError(
+            path,
+            f"expected finite values, found NaN or inf in {len(bad)} rows "
+            f"(first id {str(ids[bad[0]])!r})",
+            column="x",
+        )
+    out_of_range = (y < 0) | (y >= meta.num_classes)
+    if out_of_range.any():
+        bad = np.unique(y[out_of_range])
+        raise DataError(
+            path,
+            f"expected labels in 0..{meta.num_classes - 1}, found {bad[:10].tolist()} "
+            f"in {int(out_of_range.sum())} rows",
+            column="label",
+        )
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) != len(ids):
+        dup = unique[counts > 1]
+        raise DataError(
+            path,
+            f"expected unique ids, found {len(dup)} repeated "
+            f"(e.g. {str(dup[0])!r} x{counts.max()})",
+            column="id",
+        )
+    return Split(x=x, y=y, ids=ids, groups=groups, path=path)
+
+
+def validate_benchmark(directory: str | Path, modalities: Sequence[str] | None = None) -> Meta:
+    """Check every file of a benchmark before any training; raise DataError on the first problem.
+
+    Cheap checks first: meta.json, then every file's presence and schema (parquet footers only),
+    then the columns of each file, then across files: every class has a row in each train
+    split, and each split holds the same label set in every modality.
+    """
+    meta = read_meta(directory)
+    modalities = list(modalities) if modalities is not None else list(meta.modalities)
+    for m in modalities:
+        if m not in meta.shapes:
+            raise DataError(
+                Path(directory) / META_FILE,
+                f"no modality {m!r}; found {list(meta.shapes)}",
+                key="modalities",
+            )
+    for m in modalities:
+        for s in SPLITS:
+            path = split_path(directory, m, s)
+            _check_schema(path, _read_schema(path), meta.shapes[m])
+
+    labels: dict[tuple[str, str], set[int]] = {}
+    for m in modalities:
+        for s in SPLITS:
+            labels[m, s] = set(np.unique(load_split(directory, m, s, meta).y).tolist())
+
+    for m in modalities:
+        missing = sorted(set(range(meta.num_classes)) - labels[m, "train"])
+        if missing:
+            names = [meta.class_names[c] for c in missing] if meta.class_names else missing
+            raise DataError(
+                split_path(directory, m, "train"),
+                f"expected a row for every class 0..{meta.num_classes - 1}, "
+                f"found none for class {missing} ({names})",
+                column="label",
+            )
+    first = modalities[0]
+    for s in SPLITS:
+        for m in modalities[1:]:
+            if labels[m, s] != labels[first, s]:
+                only_m = sorted(labels[m, s] - labels[first, s])
+                only_first = sorted(labels[first, s] - labels[m, s])
+                raise DataError(
+                    split_path(directory, m, s),
+                    f"expected the label set of {split_path(directory, first, s)}, "
+                    f"found labels {only_m} only here and {only_first} only there",
+                    column="label",
+                )
+    return meta
+
+
+def subsample_per_class(y: np.ndarray, k: int | str | None, seed: int) -> np.ndarray:
+    """Indices of k samples of every class in y (k None or "all": every index), sorted.
+
+    y: (N,) int. Deterministic by seed, and nested: the indices for k are a subset of those
+    for any larger k with the same seed, so a sweep over k adds labels instead of redrawing.
+    """
+    y = np.asarray(y)
+    if k is None or k == "all":
+        return np.arange(len(y))
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, 'all' or None, found {k!r}")
+    chosen = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < k:
+            raise ValueError(f"class {c} has {len(idx)} samples, fewer than k={k}")
+        # One generator per class: the draw of class c does not depend on the other classes.
+        rng = np.random.default_rng([seed, int(c)])
+        chosen.append(idx[rng.permutation(len(idx))[:k]])
+    return np.sort(np.concatenate(chosen))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    if not path.is_file():
+        raise DataError(path, "missing file: expected a parquet file for this modality and split")
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(path, f"unreadable parquet (truncated or not parquet): {err}") from None
+
+
+def _check_schema(path: Path, schema: pa.Schema, shape: tuple[int, ...]) -> None:
+    """Raise DataError unless the schema holds id, label, x (and maybe group) as documented."""
+    size = math.prod(shape)
+    expected_x = f"fixed_size_list<float32>[{size}] (shape {list(shape)} in meta.json)"
+    for name in ("id", "label", "x"):
+        if name not in schema.names:
+            raise DataError(path, f"missing; found columns {schema.names}", column=name)
+    for name in ("id", "group"):
+        if name in schema.names:
+            t = schema.field(name).type
+            if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+                raise DataError(path, f"expected string, found {t}", column=name)
+    t = schema.field("label").type
+    if not pa.types.is_integer(t):
+        raise DataError(path, f"expected an integer type (int64), found {t}", column="label")
+    x_field = schema.field("x")
+    t = x_field.type
+    if not pa.types.is_fixed_size_list(t) or t.value_type != pa.float32():
+        raise DataError(path, f"expected {expected_x}, found {t}", column="x")
+    if t.list_size != size:
+        raise DataError(path, f"expected {expected_x}, found list size {t.list_size}", column="x")
+    stored = (x_field.metadata or {}).get(b"shape")
+    if stored is not None:
+        try:
+            stored_shape = tuple(json.loads(stored))
+        except (json.JSONDecodeError, TypeError):
+            stored_shape = None
+        if stored_shape != tuple(shape):
+            raise DataError(
+                path,
+                f"expected field metadata shape {list(shape)} as in meta.json, "
+                f"found {stored.decode(errors='replace')}",
+                column="x",
+            )

@@ -1,0 +1,256 @@
+"""One training step per distillation algorithm, and the two read-outs of a student.
+
+Every step takes the student, the frozen teacher head ``h_t``, the student's optimizer and a
+:class:`Batch` of student samples with *unpaired* teacher-bank rows, updates the student once and
+returns the named loss terms as floats. The teacher is never run: its features and logits come
+from the bank. Choosing an algorithm is one lookup in :data:`ALGORITHMS`.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cmkd import losses
+from cmkd.models import Student
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Student samples and unpaired teacher-bank rows drawn for them.
+
+    x_s: (B, *in_shape) student inputs; y_s: (B,). z_t: (M, D_t) teacher features and
+    logits_t: (M, C) teacher logits of teacher-modality samples, y_t: (M,) their labels. With
+    class-matched sampling M = B and y_t == y_s row by row (same class, never the same instance).
+    """
+
+    x_s: Tensor
+    y_s: Tensor
+    z_t: Tensor
+    y_t: Tensor
+    logits_t: Tensor
+
+
+FeatureTerm = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (z_s, z_t, y_s, y_t) -> ()
+LabelTerm = Callable[[Tensor, Tensor, Tensor], Tensor]  # (logits_s, h_t(z_s), y_s) -> ()
+
+
+def _fa_reference(z_s, z_t, y_s, y_t, **kw):
+    return losses.reference_ot(z_s, z_t, **kw)
+
+
+def _fa_labelled(fn):
+    def term(z_s, z_t, y_s, y_t, **kw):
+        return fn(z_s, z_t, y_s=y_s, y_t=y_t, **kw)
+
+    return term
+
+
+FA_TERMS: dict[str, Callable[..., Tensor]] = {
+    "sinkhorn": _fa_labelled(losses.sinkhorn_divergence),
+    "mmd": _fa_labelled(losses.mmd),
+    "reference_ot": _fa_reference,
+}
+LA_TERMS: dict[str, Callable[..., Tensor]] = {
+    "teacher_ce": losses.la_teacher_ce,
+    "kl": losses.la_kl,
+    "prior": losses.la_prior,
+    "kappa_reference": losses.la_kappa_reference,
+}
+
+
+def make_fa(name: str, **kwargs) -> FeatureTerm:
+    """A feature-alignment term (z_s, z_t, y_s, y_t) -> scalar with its hyperparameters bound."""
+    if name not in FA_TERMS:
+        raise ValueError(f"unknown feature alignment {name!r}; expected one of {sorted(FA_TERMS)}")
+    return partial(FA_TERMS[name], **kwargs)
+
+
+def make_la(name: str, **kwargs) -> LabelTerm:
+    """A label-alignment term (logits_s, h_t(z_s), y_s) -> scalar with its hyperparameters bound."""
+    if name not in LA_TERMS:
+        raise ValueError(f"unknown label alignment {name!r}; expected one of {sorted(LA_TERMS)}")
+    return partial(LA_TERMS[name], **kwargs)
+
+
+def teacher_head_logits(h_t: nn.Module, z_s: Tensor) -> Tensor:
+    """The frozen teacher head read on student features, h_t(z_s): (B, D_t) -> (B, C).
+
+    No silent fallback when the sizes differ: the student needs a projection to D_t.
+    """
+    expected = getattr(h_t, "in_features", None)
+    if expected is not None and z_s.shape[-1] != expected:
+        raise ValueError(
+            f"label alignment reads student features with the teacher head, which takes "
+            f"{expected} features, but the student gives {z_s.shape[-1]}; build the student "
+            f"with teacher_dim={expected} (adds a projection)"
+        )
+    return h_t(z_s)
+
+
+def _total(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+    """Weighted sum of the terms; names the term(s) that went non-finite."""
+    bad = [f"{k}={v.item()}" for k, v in terms.items() if not torch.isfinite(v)]
+    if bad:
+        raise losses.NonFiniteError(f"non-finite loss term(s): {', '.join(bad)}")
+    return sum(weights.get(k, 1.0) * v for k, v in terms.items())
+
+
+def _update(opt: torch.optim.Optimizer, loss: Tensor, student: nn.Module, grad_clip: float | None):
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+    opt.step()
+
+
+def _report(loss: Tensor, terms: dict[str, Tensor]) -> dict[str, float]:
+    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+
+
+def ce_step(student: Student, h_t: nn.Module, opt, batch: Batch):
+    """No distillation: plain cross-entropy training on the student's labels."""
+    terms = {"ce": F.cross_entropy(student(batch.x_s), batch.y_s)}
+    loss = _total(terms, {})
+    _update(opt, loss, student, None)
+    return _report(loss, terms)
+
+
+def kd_unpaired_step(student: Student, h_t: nn.Module, opt, batch: Batch, *,
+                     kd_temperature: float = 4.0, kd_alpha: float = 0.9):
+    """Baseline: Hinton KD toward the logits of a same-class, unpaired teacher sample."""
+    if batch.y_t.shape != batch.y_s.shape or not torch.equal(batch.y_t, batch.y_s):
+        raise ValueError("kd_unpaired needs class-matched teacher rows (y_t == y_s row by row)")
+    logits_s = student(batch.x_s)
+    terms = {
+        "kd": losses.kd_unpaired(logits_s, batch.logits_t, batch.y_s,
+                                 temperature=kd_temperature, alpha=kd_alpha),
+    }
+    loss = _total(terms, {})
+    _update(opt, loss, student, None)
+    return {**_report(loss, terms), "ce": F.cross_entropy(logits_s.detach(), batch.y_s).item()}
+
+
+def fa_only_step(student: Student, h_t: nn.Module, opt, batch: Batch, *, fa: FeatureTerm,
+                 w_fa: float = 1.0, grad_clip: float | None = None):
+    """Cross-entropy plus feature alignment only."""
+    z_s = student.features(batch.x_s)
+    terms = {
+        "ce": F.cross_entropy(student.head(z_s), batch.y_s),
+        "fa": fa(z_s, batch.z_t, batch.y_s, batch.y_t),
+    }
+    loss = _total(terms, {"fa": w_fa})
+    _update(opt, loss, student, grad_clip)
+    return _report(loss, terms)
+
+
+def ucmkd_sum_step(student: Student, h_t: nn.Module, opt, batch: Batch, *, fa: FeatureTerm,
+                   la: LabelTerm, w_fa: float = 1.0, w_la: float = 1.0,
+                   grad_clip: float | None = 5.0):
+    """UCMKD, summed objective: CE + w_fa·FA(z_s, z_t) + w_la·LA(h_s(z_s), h_t(z_s))."""
+    z_s = student.features(batch.x_s)
+    logits_s = student.head(z_s)
+    terms = {
+        "ce": F.cross_entropy(logits_s, batch.y_s),
+        "fa": fa(z_s, batch.z_t, batch.y_s, batch.y_t),
+        "la": la(logits_s, teacher_head_logits(h_t, z_s), batch.y_s),
+    }
+    loss = _total(terms, {"fa": w_fa, "la": w_la})
+    _update(opt, loss, student, grad_clip)
+    return _report(loss, terms)
+
+
+def ucmkd_bilevel_step(student: Student, h_t: nn.Module, opt, batch: Batch, *,
+                       fa: FeatureTerm, la: LabelTerm, w_fa: float = 1.0, w_la: float = 1.0,
+                       inner_lr: float = 3e-5, n1: int = 1, n2: int = 1,
+                       grad_clip: float | None = 5.0):
+    """UCMKD, bilevel ("Ours"), first-order look-ahead.
+
+    On a copy of the student: n1 steps on w_fa·FA, then n2 steps on w_la·LA (encoder and head:
+    the teacher-head part carries gradient into the encoder), AdamW(inner_lr, wd 0.05). The
+    gradient of CE at the copy is then applied to the real student by ``opt``, and the copy's
+    BatchNorm statistics are copied back (the real student ran no forward pass).
+    """
+    look = copy.deepcopy(student)
+    inner = torch.optim.AdamW(look.parameters(), lr=inner_lr, weight_decay=0.05)
+    fa_vals, la_vals = [], []
+    for _ in range(n1):
+        z = look.features(batch.x_s)
+        term = fa(z, batch.z_t, batch.y_s, batch.y_t)
+        _update(inner, w_fa * _total({"fa": term}, {}), look, grad_clip)
+        fa_vals.append(term.detach())
+    for _ in range(n2):
+        z = look.features(batch.x_s)
+        term = la(look.head(z), teacher_head_logits(h_t, z), batch.y_s)
+        _update(inner, w_la * _total({"la": term}, {}), look, grad_clip)
+        la_vals.append(term.detach())
+    ce = _total({"ce": F.cross_entropy(look(batch.x_s), batch.y_s)}, {})
+    params = [p for p in student.parameters() if p.requires_grad]
+    look_params = [p for p in look.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(ce, look_params, allow_unused=True)
+    opt.zero_grad(set_to_none=True)
+    for p, g in zip(params, grads, strict=True):
+        p.grad = None if g is None else g.detach().clone()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    for b_real, b_look in zip(student.buffers(), look.buffers(), strict=True):
+        b_real.copy_(b_look)
+    out = {"loss": ce.item(), "ce": ce.item()}
+    if fa_vals:
+        out["fa"] = torch.stack(fa_vals).mean().item()
+    if la_vals:
+        out["la"] = torch.stack(la_vals).mean().item()
+    return out
+
+
+ALGORITHMS: dict[str, Callable[..., dict[str, float]]] = {
+    "ce": ce_step,
+    "kd_unpaired": kd_unpaired_step,
+    "fa_only": fa_only_step,
+    "ucmkd_sum": ucmkd_sum_step,
+    "ucmkd_bilevel": ucmkd_bilevel_step,
+}
+
+
+def make_step(algorithm: str, **hyper) -> Callable[[Student, nn.Module, object, Batch], dict]:
+    """Bind an algorithm's hyperparameters; those it does not take are dropped.
+
+    The search space is conditional (an inner lr only means something for ``ucmkd_bilevel``),
+    so a trial's flat hyperparameter dict may carry keys a given algorithm ignores.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {sorted(ALGORITHMS)}")
+    step = ALGORITHMS[algorithm]
+    accepted = inspect.signature(step).parameters
+    return partial(step, **{k: v for k, v in hyper.items() if k in accepted})
+
+
+@torch.no_grad()
+def evaluate(student: Student, h_t: nn.Module, x: Tensor, y: Tensor, *,
+             batch_size: int = 512) -> dict[str, float]:
+    """Accuracy of the student read out through its own head and through the teacher head.
+
+    x: (N, *in_shape), y: (N,). Returns counts too, so ranks can sum before dividing.
+    """
+    was_training = student.training
+    student.eval()
+    correct_s = correct_t = 0
+    loss = 0.0
+    for i in range(0, len(x), batch_size):
+        z = student.features(x[i : i + batch_size])
+        yb = y[i : i + batch_size]
+        logits = student.head(z)
+        loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct_s += (logits.argmax(-1) == yb).sum().item()
+        correct_t += (teacher_head_logits(h_t, z).argmax(-1) == yb).sum().item()
+    student.train(was_training)
+    n = max(len(x), 1)
+    return {"acc": correct_s / n, "acc_teacher_head": correct_t / n, "ce": loss / n, "n": len(x)}
