@@ -157,11 +157,11 @@ def ucmkd_sum_step(student: Student, h_t: nn.Module, opt, batch: Batch, *, fa: F
     """UCMKD, summed objective: CE + w_fa·FA(z_s, z_t) + w_la·LA(h_s(z_s), h_t(z_s))."""
     z_s = student.features(batch.x_s)
     logits_s = student.head(z_s)
-    terms = {
-        "ce": F.cross_entropy(logits_s, batch.y_s),
-        "fa": fa(z_s, batch.z_t, batch.y_s, batch.y_t),
-        "la": la(logits_s, teacher_head_logits(h_t, z_s), batch.y_s),
-    }
+    terms = {"ce": F.cross_entropy(logits_s, batch.y_s)}
+    if w_fa > 0:  # the search may switch a term off; do not pay for it then
+        terms["fa"] = fa(z_s, batch.z_t, batch.y_s, batch.y_t)
+    if w_la > 0:
+        terms["la"] = la(logits_s, teacher_head_logits(h_t, z_s), batch.y_s)
     loss = _total(terms, {"fa": w_fa, "la": w_la})
     _update(opt, loss, student, grad_clip)
     return _report(loss, terms)
@@ -181,12 +181,12 @@ def ucmkd_bilevel_step(student: Student, h_t: nn.Module, opt, batch: Batch, *,
     look = copy.deepcopy(student)
     inner = torch.optim.AdamW(look.parameters(), lr=inner_lr, weight_decay=0.05)
     fa_vals, la_vals = [], []
-    for _ in range(n1):
+    for _ in range(n1 if w_fa > 0 else 0):
         z = look.features(batch.x_s)
         term = fa(z, batch.z_t, batch.y_s, batch.y_t)
         _update(inner, w_fa * _total({"fa": term}, {}), look, grad_clip)
         fa_vals.append(term.detach())
-    for _ in range(n2):
+    for _ in range(n2 if w_la > 0 else 0):
         z = look.features(batch.x_s)
         term = la(look.head(z), teacher_head_logits(h_t, z), batch.y_s)
         _update(inner, w_la * _total({"la": term}, {}), look, grad_clip)
