@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -86,31 +86,30 @@ class DistillConfig(BaseModel):
     batch_size: int = Field(64, ge=2, le=65_536)
     """Student samples per step (and per rank under DDP)."""
     epochs: int = Field(10, ge=1, le=10_000)
-    """Passes over the student's training set."""
+    """Epochs (validation, report and checkpoint after each)."""
+    steps_per_epoch: int | None = Field(None, ge=1, le=1_000_000)
+    """Batches per epoch (None: one pass over the student's labelled set)."""
     seed: int = Field(0, ge=0)
     """Random seed of the run."""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> DistillConfig:
+    def from_dict(
+        cls, data: dict[str, Any], source: str = "config", prefix: str = ""
+    ) -> DistillConfig:
         """Validate a dict; errors name ``source`` and every offending key."""
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+            raise ConfigError(
+                f"{source}: expected a mapping of keys to values, got {type(data).__name__}"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(_describe(e, source)) from None
+            raise ConfigError(_describe(e, source, prefix)) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DistillConfig:
         """Read and validate a YAML file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        return cls.from_dict(data or {}, source=str(path))
+        return cls.from_dict(_read_yaml(path), source=str(path))
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.model_dump(), sort_keys=False))
@@ -119,13 +118,25 @@ class DistillConfig(BaseModel):
         """Keyword arguments of the chosen feature-alignment term."""
         if self.fa == "reference_ot":
             return {"reg": self.ot_reg, "num_iter": self.ot_iters}
-        shared = {"label_cost": self.label_cost, "class_conditional": self.class_conditional,
-                  "normalize_mode": self.normalize}
+        shared = {
+            "label_cost": self.label_cost,
+            "class_conditional": self.class_conditional,
+            "normalize_mode": self.normalize,
+        }
         if self.fa == "sinkhorn":
-            return {"epsilon": self.epsilon, "scaling": self.scaling, "reach": self.reach,
-                    "refine": self.refine, **shared}
-        return {"multiplier": self.mmd_multiplier, "num_kernels": self.mmd_kernels,
-                "bandwidth": self.mmd_bandwidth, **shared}
+            return {
+                "epsilon": self.epsilon,
+                "scaling": self.scaling,
+                "reach": self.reach,
+                "refine": self.refine,
+                **shared,
+            }
+        return {
+            "multiplier": self.mmd_multiplier,
+            "num_kernels": self.mmd_kernels,
+            "bandwidth": self.mmd_bandwidth,
+            **shared,
+        }
 
     def la_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the chosen label-alignment term."""
@@ -136,20 +147,99 @@ class DistillConfig(BaseModel):
         return {
             "fa": methods.make_fa(self.fa, **self.fa_kwargs()),
             "la": methods.make_la(self.la, **self.la_kwargs()),
-            "w_fa": self.w_fa, "w_la": self.w_la, "grad_clip": self.grad_clip,
-            "kd_temperature": self.kd_temperature, "kd_alpha": self.kd_alpha,
-            "inner_lr": self.inner_lr, "n1": self.n1, "n2": self.n2,
+            "w_fa": self.w_fa,
+            "w_la": self.w_la,
+            "grad_clip": self.grad_clip,
+            "kd_temperature": self.kd_temperature,
+            "kd_alpha": self.kd_alpha,
+            "inner_lr": self.inner_lr,
+            "n1": self.n1,
+            "n2": self.n2,
         }
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    lines = []
+class DataConfig(BaseModel):
+    """Which data a run distils on: benchmark, modalities, label budget, student encoder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    benchmark: str = "synth"
+    """A built-in benchmark (synth, synth-nohelp, avdigits) or the path of a built one."""
+    student: str | None = None
+    """Student modality (default: the benchmark's second modality)."""
+    teacher: str | None = None
+    """Teacher modality (default: the benchmark's first modality)."""
+    labels_per_class: Annotated[int, Field(ge=1)] | Literal["all"] = 5
+    """Labelled student samples per class (low-label regime), or all."""
+    encoder: Literal["auto", "mlp", "cnn"] = "auto"
+    """Student encoder: auto picks a CNN for (C, H, W) inputs and an MLP for vectors."""
+    feature_dim: int | None = Field(None, ge=2, le=65_536)
+    """Student feature size before the projection (default: the teacher's)."""
+    data_root: str = "data"
+    """Folder where built-in benchmarks and teacher banks are built and cached."""
+
+    @classmethod
+    def model_validate_strict(cls, data: Any, source: str) -> DataConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(_describe(e, source, "data.")) from None
+
+
+class Experiment(BaseModel):
+    """A runnable experiment file: ``data:`` and ``distill:`` sections (``python -m cmkd.train``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: DataConfig = DataConfig()
+    distill: DistillConfig = DistillConfig()
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "experiment") -> Experiment:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping with 'data' and 'distill' sections")
+        unknown = sorted(set(raw) - {"data", "distill"})
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown section(s) {unknown}; expected 'data' and 'distill'"
+            )
+        return cls(
+            data=DataConfig.model_validate_strict(raw.get("data") or {}, source),
+            distill=DistillConfig.from_dict(raw.get("distill") or {}, source, "distill."),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Experiment:
+        return cls.from_dict(_read_yaml(path), source=str(path))
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.model_dump(), sort_keys=False))
+
+
+def _read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+def _describe(error: ValidationError, source: str, prefix: str = "") -> str:
+    """One line per offending key (a union type's alternatives folded into one line)."""
+    by_key: dict[str, list[dict]] = {}
     for err in error.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            near = difflib.get_close_matches(key, DistillConfig.model_fields, n=1)
+        key = prefix + str(err["loc"][0]) if err["loc"] else "(top level)"
+        by_key.setdefault(key, []).append(err)
+    lines = []
+    for key, errs in by_key.items():
+        if errs[0]["type"] == "extra_forbidden":
+            fields = DataConfig.model_fields if prefix == "data." else DistillConfig.model_fields
+            near = difflib.get_close_matches(key.removeprefix(prefix), fields, n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else ""
             lines.append(f"{source}: unknown key '{key}'{hint}")
         else:
-            lines.append(f"{source}: key '{key}': {err['msg']} (got {err.get('input')!r})")
+            msg = " or ".join(dict.fromkeys(e["msg"] for e in errs))
+            lines.append(f"{source}: key '{key}': {msg} (got {errs[0].get('input')!r})")
     return "\n".join(lines)

@@ -95,13 +95,23 @@ def _shared_classes(y_s: Tensor, y_t: Tensor) -> Tensor:
 
 def _half_sq_cost(x: Tensor, y: Tensor) -> Tensor:
     """(B, N, D), (B, M, D) -> (B, N, M) cost ½‖x_i − y_j‖², by expansion (no (N, M, D) buffer)."""
-    d = (x * x).sum(-1)[..., :, None] + (y * y).sum(-1)[..., None, :] - 2.0 * x @ y.transpose(-1, -2)
+    d = (
+        (x * x).sum(-1)[..., :, None]
+        + (y * y).sum(-1)[..., None, :]
+        - 2.0 * x @ y.transpose(-1, -2)
+    )
     return 0.5 * d.clamp_min(0.0)
 
 
 def _sinkhorn_batched(
-    x: Tensor, a: Tensor, y: Tensor, b: Tensor, epsilon: float, scaling: float,
-    reach: float | None, refine: int,
+    x: Tensor,
+    a: Tensor,
+    y: Tensor,
+    b: Tensor,
+    epsilon: float,
+    scaling: float,
+    reach: float | None,
+    refine: int,
 ) -> Tensor:
     """Debiased Sinkhorn divergence per batch row through geomloss's symmetric loop.
 
@@ -112,12 +122,22 @@ def _sinkhorn_batched(
     # The second argument is detached, as in geomloss: the symmetric loop differentiates once.
     c_xy, c_yx = _half_sq_cost(x, y.detach()), _half_sq_cost(y, x.detach())
     c_xx, c_yy = _half_sq_cost(x, x.detach()), _half_sq_cost(y, y.detach())
-    diameter = max_diameter(x.detach().reshape(-1, x.shape[-1]), y.detach().reshape(-1, y.shape[-1]))
+    diameter = max_diameter(
+        x.detach().reshape(-1, x.shape[-1]), y.detach().reshape(-1, y.shape[-1])
+    )
     eps_list = epsilon_schedule(2, diameter, math.sqrt(epsilon), scaling) + [epsilon] * refine
     rho = None if reach is None else reach**2
     f_aa, g_bb, g_ab, f_ba = sinkhorn_loop(
-        softmin_tensorized, log_weights(a), log_weights(b), c_xx, c_yy, c_xy, c_yx,
-        eps_list, rho, debias=True,
+        softmin_tensorized,
+        log_weights(a),
+        log_weights(b),
+        c_xx,
+        c_yy,
+        c_xy,
+        c_yx,
+        eps_list,
+        rho,
+        debias=True,
     )
     return sinkhorn_cost(epsilon, rho, a, b, f_aa, g_bb, g_ab, f_ba, batch=True, debias=True)
 
@@ -280,7 +300,11 @@ def la_teacher_ce(logits_s: Tensor, logits_t: Tensor, y: Tensor) -> Tensor:
 
 
 def la_kl(
-    logits_s: Tensor, logits_t: Tensor, y: Tensor, *, temperature: float = 1.0,
+    logits_s: Tensor,
+    logits_t: Tensor,
+    y: Tensor,
+    *,
+    temperature: float = 1.0,
     detach_teacher: bool = True,
 ) -> Tensor:
     """Label alignment: T²·KL(softmax(h_t(z_s)/T) ‖ softmax(h_s(z_s)/T)), mean over the batch.

@@ -123,23 +123,39 @@ def ce_step(student: Student, h_t: nn.Module, opt, batch: Batch):
     return _report(loss, terms)
 
 
-def kd_unpaired_step(student: Student, h_t: nn.Module, opt, batch: Batch, *,
-                     kd_temperature: float = 4.0, kd_alpha: float = 0.9):
+def kd_unpaired_step(
+    student: Student,
+    h_t: nn.Module,
+    opt,
+    batch: Batch,
+    *,
+    kd_temperature: float = 4.0,
+    kd_alpha: float = 0.9,
+):
     """Baseline: Hinton KD toward the logits of a same-class, unpaired teacher sample."""
     if batch.y_t.shape != batch.y_s.shape or not torch.equal(batch.y_t, batch.y_s):
         raise ValueError("kd_unpaired needs class-matched teacher rows (y_t == y_s row by row)")
     logits_s = student(batch.x_s)
     terms = {
-        "kd": losses.kd_unpaired(logits_s, batch.logits_t, batch.y_s,
-                                 temperature=kd_temperature, alpha=kd_alpha),
+        "kd": losses.kd_unpaired(
+            logits_s, batch.logits_t, batch.y_s, temperature=kd_temperature, alpha=kd_alpha
+        ),
     }
     loss = _total(terms, {})
     _update(opt, loss, student, None)
     return {**_report(loss, terms), "ce": F.cross_entropy(logits_s.detach(), batch.y_s).item()}
 
 
-def fa_only_step(student: Student, h_t: nn.Module, opt, batch: Batch, *, fa: FeatureTerm,
-                 w_fa: float = 1.0, grad_clip: float | None = None):
+def fa_only_step(
+    student: Student,
+    h_t: nn.Module,
+    opt,
+    batch: Batch,
+    *,
+    fa: FeatureTerm,
+    w_fa: float = 1.0,
+    grad_clip: float | None = None,
+):
     """Cross-entropy plus feature alignment only."""
     z_s = student.features(batch.x_s)
     terms = {
@@ -151,9 +167,18 @@ def fa_only_step(student: Student, h_t: nn.Module, opt, batch: Batch, *, fa: Fea
     return _report(loss, terms)
 
 
-def ucmkd_sum_step(student: Student, h_t: nn.Module, opt, batch: Batch, *, fa: FeatureTerm,
-                   la: LabelTerm, w_fa: float = 1.0, w_la: float = 1.0,
-                   grad_clip: float | None = 5.0):
+def ucmkd_sum_step(
+    student: Student,
+    h_t: nn.Module,
+    opt,
+    batch: Batch,
+    *,
+    fa: FeatureTerm,
+    la: LabelTerm,
+    w_fa: float = 1.0,
+    w_la: float = 1.0,
+    grad_clip: float | None = 5.0,
+):
     """UCMKD, summed objective: CE + w_fa·FA(z_s, z_t) + w_la·LA(h_s(z_s), h_t(z_s))."""
     z_s = student.features(batch.x_s)
     logits_s = student.head(z_s)
@@ -167,10 +192,21 @@ def ucmkd_sum_step(student: Student, h_t: nn.Module, opt, batch: Batch, *, fa: F
     return _report(loss, terms)
 
 
-def ucmkd_bilevel_step(student: Student, h_t: nn.Module, opt, batch: Batch, *,
-                       fa: FeatureTerm, la: LabelTerm, w_fa: float = 1.0, w_la: float = 1.0,
-                       inner_lr: float = 3e-5, n1: int = 1, n2: int = 1,
-                       grad_clip: float | None = 5.0):
+def ucmkd_bilevel_step(
+    student: Student,
+    h_t: nn.Module,
+    opt,
+    batch: Batch,
+    *,
+    fa: FeatureTerm,
+    la: LabelTerm,
+    w_fa: float = 1.0,
+    w_la: float = 1.0,
+    inner_lr: float = 3e-5,
+    n1: int = 1,
+    n2: int = 1,
+    grad_clip: float | None = 5.0,
+):
     """UCMKD, bilevel ("Ours"), first-order look-ahead.
 
     On a copy of the student: n1 steps on w_fa·FA, then n2 steps on w_la·LA (encoder and head:
@@ -234,8 +270,9 @@ def make_step(algorithm: str, **hyper) -> Callable[[Student, nn.Module, object, 
 
 
 @torch.no_grad()
-def evaluate(student: Student, h_t: nn.Module, x: Tensor, y: Tensor, *,
-             batch_size: int = 512) -> dict[str, float]:
+def evaluate(
+    student: Student, h_t: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 512
+) -> dict[str, float]:
     """Accuracy of the student read out through its own head and through the teacher head.
 
     x: (N, *in_shape), y: (N,). Returns counts too, so ranks can sum before dividing.

@@ -12,8 +12,9 @@ import torch
 from torch import Tensor, nn
 
 
-def mlp_encoder(in_shape: tuple[int, ...], *, feature_dim: int = 64, hidden: int = 128,
-                depth: int = 2) -> nn.Module:
+def mlp_encoder(
+    in_shape: tuple[int, ...], *, feature_dim: int = 64, hidden: int = 128, depth: int = 2
+) -> nn.Module:
     """Encoder for vectors (any input shape is flattened). (B, *in_shape) -> (B, feature_dim)."""
     in_dim = 1
     for s in in_shape:
@@ -33,8 +34,9 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-def cnn_encoder(in_shape: tuple[int, ...], *, feature_dim: int = 64, width: int = 32,
-                blocks: int = 2) -> nn.Module:
+def cnn_encoder(
+    in_shape: tuple[int, ...], *, feature_dim: int = 64, width: int = 32, blocks: int = 2
+) -> nn.Module:
     """Small CNN for images (C, H, W) or log-mel spectrograms (1, n_mels, frames).
 
     Conv-BN-ReLU-pool blocks doubling the width, then global average pooling and a linear map.
@@ -46,7 +48,9 @@ def cnn_encoder(in_shape: tuple[int, ...], *, feature_dim: int = 64, width: int 
     for i in range(blocks):
         layers.append(_conv_block(c_in, width * 2**i))
         c_in = width * 2**i
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, feature_dim))
+    return nn.Sequential(
+        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, feature_dim)
+    )
 
 
 class HFEncoder(nn.Module):
@@ -70,8 +74,13 @@ class HFEncoder(nn.Module):
         return self.out(h.mean(1))
 
 
-def hf_encoder(in_shape: tuple[int, ...], *, feature_dim: int = 64, path: str | None = None,
-               config: dict | None = None) -> nn.Module:
+def hf_encoder(
+    in_shape: tuple[int, ...],
+    *,
+    feature_dim: int = 64,
+    path: str | None = None,
+    config: dict | None = None,
+) -> nn.Module:
     """A ``transformers`` encoder loaded from a local folder (never the hub) or built from a config.
 
     ``config`` is a dict for ``AutoConfig.for_model`` (e.g. {"model_type": "bert",
@@ -126,8 +135,15 @@ class Student(nn.Module):
         return self.head(self.features(x))
 
 
-def build_student(kind: str, in_shape: tuple[int, ...], num_classes: int, *, feature_dim: int,
-                  teacher_dim: int | None = None, **encoder_kwargs) -> Student:
+def build_student(
+    kind: str,
+    in_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    feature_dim: int,
+    teacher_dim: int | None = None,
+    **encoder_kwargs,
+) -> Student:
     """A student whose features match the teacher's size: a projection is added when they differ."""
     encoder = build_encoder(kind, in_shape, feature_dim=feature_dim, **encoder_kwargs)
     out_dim = teacher_dim or feature_dim

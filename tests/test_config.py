@@ -14,18 +14,23 @@ def test_defaults_are_valid_and_round_trip_through_yaml(tmp_path):
 
 
 def test_unknown_key_is_named_with_a_suggestion():
-    with pytest.raises(ConfigError, match=r"trial: unknown key 'epsilom' \(did you mean 'epsilon'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"trial: unknown key 'epsilom' \(did you mean 'epsilon'\?\)"
+    ):
         DistillConfig.from_dict({"epsilom": 0.1}, source="trial")
 
 
-@pytest.mark.parametrize("key,value,expected", [
-    ("w_fa", -1.0, "greater than or equal to 0"),
-    ("scaling", 0.5, "greater than or equal to 0.8"),
-    ("epsilon", 0.0, "greater than 0"),
-    ("algorithm", "sumo", "Input should be 'ce'"),
-    ("batch_size", "big", "valid integer"),
-    ("kd_alpha", 1.5, "less than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("w_fa", -1.0, "greater than or equal to 0"),
+        ("scaling", 0.5, "greater than or equal to 0.8"),
+        ("epsilon", 0.0, "greater than 0"),
+        ("algorithm", "sumo", "Input should be 'ce'"),
+        ("batch_size", "big", "valid integer"),
+        ("kd_alpha", 1.5, "less than or equal to 1"),
+    ],
+)
 def test_out_of_range_values_name_the_key(key, value, expected):
     with pytest.raises(ConfigError) as e:
         DistillConfig.from_dict({key: value}, source="space.yaml")

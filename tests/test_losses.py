@@ -39,7 +39,11 @@ def pot_entropic_ot(x, y, eps, extra_cost=None):
 
 
 def pot_divergence(x, y, eps):
-    return pot_entropic_ot(x, y, eps) - 0.5 * pot_entropic_ot(x, x, eps) - 0.5 * pot_entropic_ot(y, y, eps)
+    return (
+        pot_entropic_ot(x, y, eps)
+        - 0.5 * pot_entropic_ot(x, x, eps)
+        - 0.5 * pot_entropic_ot(y, y, eps)
+    )
 
 
 @pytest.mark.parametrize("eps", [0.01, 0.1, 1.0, 10.0])
@@ -60,12 +64,16 @@ def test_label_aware_sinkhorn_adds_exactly_beta_on_mismatch():
     mismatch = (y_s[:, None] != y_t[None, :]).double()
     assert torch.allclose(extra, beta * mismatch, atol=1e-12)
     # and the divergence equals POT's with β added to the cost matrix explicitly
-    ours = L.sinkhorn_divergence(x, y, epsilon=eps, refine=800, normalize_mode="none",
-                                 y_s=y_s, y_t=y_t, label_cost=beta).item()
+    ours = L.sinkhorn_divergence(
+        x, y, epsilon=eps, refine=800, normalize_mode="none", y_s=y_s, y_t=y_t, label_cost=beta
+    ).item()
     ms = (y_s[:, None] != y_s[None, :]).double().numpy() * beta
     mt = (y_t[:, None] != y_t[None, :]).double().numpy() * beta
-    ref = (pot_entropic_ot(x, y, eps, beta * mismatch.numpy())
-           - 0.5 * pot_entropic_ot(x, x, eps, ms) - 0.5 * pot_entropic_ot(y, y, eps, mt))
+    ref = (
+        pot_entropic_ot(x, y, eps, beta * mismatch.numpy())
+        - 0.5 * pot_entropic_ot(x, x, eps, ms)
+        - 0.5 * pot_entropic_ot(y, y, eps, mt)
+    )
     assert ours == pytest.approx(ref, rel=1e-4)
 
 
@@ -108,7 +116,9 @@ def mmd_float64_formula(x, y, multiplier, num_kernels, kernel_mul, how="median")
     base = np.median(off) if how == "median" else off.mean()
     if how == "median":  # torch.median returns the lower of the two middle values
         base = np.sort(off)[(len(off) - 1) // 2]
-    sig = [multiplier * base * kernel_mul ** (k - (num_kernels - 1) / 2) for k in range(num_kernels)]
+    sig = [
+        multiplier * base * kernel_mul ** (k - (num_kernels - 1) / 2) for k in range(num_kernels)
+    ]
 
     def k(a, b):
         dd = ((a[:, None] - b[None]) ** 2).sum(-1)
@@ -121,23 +131,40 @@ def mmd_float64_formula(x, y, multiplier, num_kernels, kernel_mul, how="median")
 @pytest.mark.parametrize("multiplier,num_kernels", [(1.0, 5), (0.25, 1), (4.0, 3)])
 def test_mmd_matches_float64_formula(multiplier, num_kernels, how):
     x, y = cloud(33, seed=8), cloud(21, shift=0.4, seed=9)
-    ours = L.mmd(x, y, multiplier=multiplier, num_kernels=num_kernels, kernel_mul=2.0,
-                 bandwidth=how, normalize_mode="none").item()
+    ours = L.mmd(
+        x,
+        y,
+        multiplier=multiplier,
+        num_kernels=num_kernels,
+        kernel_mul=2.0,
+        bandwidth=how,
+        normalize_mode="none",
+    ).item()
     ref = mmd_float64_formula(x, y, multiplier, num_kernels, 2.0, how)
     assert ours == pytest.approx(ref, rel=1e-10)
 
 
 def per_class_loop(fn, z_s, z_t, y_s, y_t, **kw):
-    vals = [fn(z_s[y_s == c], z_t[y_t == c], **kw) for c in sorted(set(y_s.tolist()) & set(y_t.tolist()))]
+    vals = [
+        fn(z_s[y_s == c], z_t[y_t == c], **kw)
+        for c in sorted(set(y_s.tolist()) & set(y_t.tolist()))
+    ]
     return torch.stack(vals).mean()
 
 
-@pytest.mark.parametrize("fn,kw", [(L.sinkhorn_divergence, {"epsilon": 0.1, "refine": 500}),
-                                   (L.mmd, {"bandwidth": "mean", "multiplier": 1.0})])
+@pytest.mark.parametrize(
+    "fn,kw",
+    [
+        (L.sinkhorn_divergence, {"epsilon": 0.1, "refine": 500}),
+        (L.mmd, {"bandwidth": "mean", "multiplier": 1.0}),
+    ],
+)
 def test_class_conditional_equals_mean_of_per_class_terms(fn, kw):
     z_s, z_t = cloud(40, seed=10), cloud(36, shift=0.2, seed=11)
     y_s = torch.tensor([0, 1, 2, 3] * 10)
-    y_t = torch.tensor([0, 1, 2, 4] * 9)  # class 3 only in the student batch, 4 only in the teacher's
+    y_t = torch.tensor(
+        [0, 1, 2, 4] * 9
+    )  # class 3 only in the student batch, 4 only in the teacher's
     ours = fn(z_s, z_t, y_s=y_s, y_t=y_t, class_conditional=True, **kw)
     if fn is L.mmd:  # the loop would re-estimate the bandwidth per class: pin it to the pooled one
         pooled = torch.cat([L.normalize(z_s), L.normalize(z_t)])
@@ -145,7 +172,9 @@ def test_class_conditional_equals_mean_of_per_class_terms(fn, kw):
         ref = []
         for c in (0, 1, 2):
             a, b = L.normalize(z_s[y_s == c]), L.normalize(z_t[y_t == c])
-            k = lambda u, v: torch.exp(-torch.cdist(u, v) ** 2 / (base * 2.0 ** torch.arange(-2, 3.0))[:, None, None]).mean(0)
+            k = lambda u, v: torch.exp(
+                -(torch.cdist(u, v) ** 2) / (base * 2.0 ** torch.arange(-2, 3.0))[:, None, None]
+            ).mean(0)
             ref.append(k(a, a).mean() + k(b, b).mean() - 2 * k(a, b).mean())
         ref = torch.stack(ref).mean()
     else:
@@ -160,7 +189,10 @@ def test_reference_ot_matches_pot_sinkhorn2_value_and_gradient():
     ours.backward()
     z_s2 = z_s.detach().clone().requires_grad_(True)
     cost = 1 - F.normalize(z_s2, dim=1) @ F.normalize(z_t, dim=1).T
-    a, b = torch.full((16,), 1 / 16, dtype=torch.float64), torch.full((12,), 1 / 12, dtype=torch.float64)
+    a, b = (
+        torch.full((16,), 1 / 16, dtype=torch.float64),
+        torch.full((12,), 1 / 12, dtype=torch.float64),
+    )
     ref = ot.sinkhorn2(a, b, cost, 0.1, numItermax=100, stopThr=0.0)
     ref.backward()
     assert ours.item() == pytest.approx(ref.item(), rel=1e-8)
@@ -175,7 +207,8 @@ def test_reference_ot_is_not_debiased():
 FA_TERMS = {
     "sinkhorn": lambda zs, zt, ys, yt: L.sinkhorn_divergence(zs, zt, epsilon=0.05),
     "sinkhorn_class_cond": lambda zs, zt, ys, yt: L.sinkhorn_divergence(
-        zs, zt, y_s=ys, y_t=yt, class_conditional=True, label_cost=2.0),
+        zs, zt, y_s=ys, y_t=yt, class_conditional=True, label_cost=2.0
+    ),
     "sinkhorn_unbalanced": lambda zs, zt, ys, yt: L.sinkhorn_divergence(zs, zt, reach=0.5),
     "mmd": lambda zs, zt, ys, yt: L.mmd(zs, zt),
     "mmd_class_cond": lambda zs, zt, ys, yt: L.mmd(zs, zt, y_s=ys, y_t=yt, class_conditional=True),
@@ -227,13 +260,16 @@ def test_label_terms_match_hand_formulas():
     mean_p = p_t.mean(0)
     m = prior > 0
     assert L.la_prior(s, t, y).item() == pytest.approx(
-        (prior[m] * (prior[m] / mean_p[m]).log()).sum().item(), rel=1e-12)
+        (prior[m] * (prior[m] / mean_p[m]).log()).sum().item(), rel=1e-12
+    )
     k = p_t[torch.arange(len(y)), y]
     ref = (k * (p_t[torch.arange(len(y)), y].log() - p_s[torch.arange(len(y)), y].log())).mean()
     assert L.la_kappa_reference(s, t, y).item() == pytest.approx(ref.item(), rel=1e-12)
     q_s4, q_t4 = torch.softmax(s / 4, 1), torch.softmax(t / 4, 1)
     kd = 0.9 * 16 * (q_t4 * (q_t4.log() - q_s4.log())).sum(1).mean() + 0.1 * F.cross_entropy(s, y)
-    assert L.kd_unpaired(s, t, y, temperature=4.0, alpha=0.9).item() == pytest.approx(kd.item(), rel=1e-12)
+    assert L.kd_unpaired(s, t, y, temperature=4.0, alpha=0.9).item() == pytest.approx(
+        kd.item(), rel=1e-12
+    )
 
 
 LA_TERMS = {

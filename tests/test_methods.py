@@ -14,13 +14,18 @@ D, C, IN = 6, 4, 10
 
 def make(seed=0, feature_dim=D, teacher_dim=None):
     torch.manual_seed(seed)
-    student = build_student("mlp", (IN,), C, feature_dim=feature_dim, teacher_dim=teacher_dim, hidden=16)
+    student = build_student(
+        "mlp", (IN,), C, feature_dim=feature_dim, teacher_dim=teacher_dim, hidden=16
+    )
     h_t = freeze(linear_head(D, C))
     g = torch.Generator().manual_seed(seed + 1)
     y = torch.arange(16) % C
     batch = methods.Batch(
-        x_s=torch.randn(16, IN, generator=g), y_s=y,
-        z_t=torch.randn(16, D, generator=g), y_t=y.clone(), logits_t=torch.randn(16, C, generator=g),
+        x_s=torch.randn(16, IN, generator=g),
+        y_s=y,
+        z_t=torch.randn(16, D, generator=g),
+        y_t=y.clone(),
+        logits_t=torch.randn(16, C, generator=g),
     )
     return student, h_t, batch
 
@@ -28,7 +33,12 @@ def make(seed=0, feature_dim=D, teacher_dim=None):
 HYPER = {
     "fa": methods.make_fa("sinkhorn", epsilon=0.1),
     "la": methods.make_la("teacher_ce"),
-    "w_fa": 1.0, "w_la": 1.0, "grad_clip": None, "inner_lr": 1e-2, "n1": 1, "n2": 1,
+    "w_fa": 1.0,
+    "w_la": 1.0,
+    "grad_clip": None,
+    "inner_lr": 1e-2,
+    "n1": 1,
+    "n2": 1,
 }
 
 
@@ -116,7 +126,9 @@ def test_bilevel_applies_the_ce_gradient_taken_at_the_look_ahead_point():
     inner.step()
     # the defect to avoid: LA must move the encoder (teacher-head part carries gradient)
     assert not torch.allclose(look.encoder[1].weight, enc_before_la)
-    grads = torch.autograd.grad(F.cross_entropy(look(batch.x_s), batch.y_s), list(look.parameters()))
+    grads = torch.autograd.grad(
+        F.cross_entropy(look(batch.x_s), batch.y_s), list(look.parameters())
+    )
     expected = [p.detach() - 0.1 * g for p, g in zip(student.parameters(), grads, strict=True)]
 
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
@@ -131,7 +143,9 @@ def test_bilevel_applies_the_ce_gradient_taken_at_the_look_ahead_point():
 
 
 def test_bilevel_differs_from_a_plain_ce_step():
-    assert not torch.allclose(sgd_delta("ce")["head.weight"], sgd_delta("ucmkd_bilevel")["head.weight"])
+    assert not torch.allclose(
+        sgd_delta("ce")["head.weight"], sgd_delta("ucmkd_bilevel")["head.weight"]
+    )
 
 
 def test_kd_unpaired_moves_toward_teacher_logits():
@@ -146,7 +160,9 @@ def test_kd_unpaired_refuses_unmatched_classes():
     student, h_t, batch = make()
     bad = methods.Batch(batch.x_s, batch.y_s, batch.z_t, batch.y_t.roll(1), batch.logits_t)
     with pytest.raises(ValueError, match="class-matched"):
-        methods.make_step("kd_unpaired")(student, h_t, torch.optim.SGD(student.parameters(), 0.1), bad)
+        methods.make_step("kd_unpaired")(
+            student, h_t, torch.optim.SGD(student.parameters(), 0.1), bad
+        )
 
 
 @pytest.mark.parametrize("algorithm", ["ucmkd_sum", "ucmkd_bilevel"])
@@ -171,7 +187,9 @@ def test_nan_teacher_features_name_the_term():
     z_t[0, 0] = float("nan")
     bad = methods.Batch(batch.x_s, batch.y_s, z_t, batch.y_t, batch.logits_t)
     with pytest.raises(losses.NonFiniteError, match="fa_sinkhorn: input 'z_t'"):
-        methods.make_step("ucmkd_sum", **HYPER)(student, h_t, torch.optim.SGD(student.parameters(), 0.1), bad)
+        methods.make_step("ucmkd_sum", **HYPER)(
+            student, h_t, torch.optim.SGD(student.parameters(), 0.1), bad
+        )
 
 
 def test_evaluate_reads_out_through_both_heads():

@@ -1,0 +1,134 @@
+"""The teacher bank: the frozen teacher's features and logits, computed once per dataset.
+
+Trials never run the teacher. They read this table and draw, for every student sample, a row of
+the teacher's modality of the *same class* (never the same instance: the modalities share no
+instances), or rows drawn independently of labels. The bank directory holds
+
+    bank.parquet  id, label, z (fixed-size float32 [D]), logits (fixed-size float32 [C])
+    head.pt       the teacher head h_t (a linear layer), the only teacher part a trial runs
+    bank.json     provenance: benchmark name and fingerprint, teacher modality, sizes
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from cmkd.models import freeze, linear_head
+
+BANK_FILE, HEAD_FILE, INFO_FILE = "bank.parquet", "head.pt", "bank.json"
+
+
+class BankError(ValueError):
+    """A teacher bank that cannot serve this run; the message names the file and the problem."""
+
+
+def _fixed(a: np.ndarray) -> pa.FixedSizeListArray:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
+
+
+def write_bank(
+    directory: str | Path,
+    *,
+    ids,
+    y: np.ndarray,
+    z: np.ndarray,
+    logits: np.ndarray,
+    head: nn.Linear,
+    info: dict,
+) -> Path:
+    """Write a bank. y: (M,) int64, z: (M, D) float32, logits: (M, C) float32."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "id": pa.array([str(i) for i in ids]),
+            "label": pa.array(y, pa.int64()),
+            "z": _fixed(z),
+            "logits": _fixed(logits),
+        }
+    )
+    pq.write_table(table, directory / BANK_FILE)
+    torch.save(head.state_dict(), directory / HEAD_FILE)
+    info = {
+        **info,
+        "rows": len(y),
+        "feature_dim": int(z.shape[1]),
+        "num_classes": int(logits.shape[1]),
+    }
+    (directory / INFO_FILE).write_text(json.dumps(info, indent=2))
+    return directory
+
+
+@dataclass(frozen=True, eq=False)
+class TeacherBank:
+    """A loaded bank. z: (M, D) float32, logits: (M, C) float32, y: (M,) int64."""
+
+    z: np.ndarray
+    logits: np.ndarray
+    y: np.ndarray
+    head: nn.Linear
+    info: dict
+
+    @classmethod
+    def load(cls, directory: str | Path, *, fingerprint: str | None = None) -> TeacherBank:
+        """Load and check a bank; ``fingerprint`` must match the benchmark it was built from."""
+        directory = Path(directory)
+        for name in (BANK_FILE, HEAD_FILE, INFO_FILE):
+            if not (directory / name).is_file():
+                raise BankError(
+                    f"{directory / name}: missing; build the bank with "
+                    f"`python -m cmkd.teacher --benchmark ... --out {directory}`"
+                )
+        info = json.loads((directory / INFO_FILE).read_text())
+        if fingerprint is not None and info.get("fingerprint") != fingerprint:
+            raise BankError(
+                f"{directory / INFO_FILE}: this bank was built from benchmark "
+                f"{info.get('benchmark')!r} (fingerprint {info.get('fingerprint')}), not from the "
+                f"benchmark of this run (fingerprint {fingerprint}); rebuild it"
+            )
+        table = pq.read_table(directory / BANK_FILE)
+        d, c = info["feature_dim"], info["num_classes"]
+        z = table.column("z").combine_chunks().flatten().to_numpy().reshape(-1, d)
+        logits = table.column("logits").combine_chunks().flatten().to_numpy().reshape(-1, c)
+        head = linear_head(d, c)
+        head.load_state_dict(torch.load(directory / HEAD_FILE, weights_only=True))
+        return cls(
+            z=z, logits=logits, y=table.column("label").to_numpy(), head=freeze(head), info=info
+        )
+
+    @property
+    def feature_dim(self) -> int:
+        return self.z.shape[1]
+
+
+class BankSampler:
+    """Draws unpaired teacher rows for student batches: class-matched or label-independent."""
+
+    def __init__(self, y_bank: np.ndarray, num_classes: int, seed: int):
+        self.rng = np.random.default_rng(seed)
+        order = np.argsort(y_bank, kind="stable")
+        counts = np.bincount(y_bank, minlength=num_classes)
+        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.counts, self.order, self.n = counts, order, len(y_bank)
+
+    def class_matched(self, y_s: np.ndarray) -> np.ndarray:
+        """For each student label, the index of a random bank row of that class. (B,) -> (B,)."""
+        counts = self.counts[y_s]
+        if (counts == 0).any():
+            missing = sorted(set(y_s[counts == 0].tolist()))
+            raise BankError(f"the teacher bank has no row of class(es) {missing}")
+        offset = (self.rng.random(len(y_s)) * counts).astype(np.int64)
+        return self.order[self.starts[y_s] + offset]
+
+    def independent(self, n: int) -> np.ndarray:
+        """n bank rows drawn uniformly, ignoring labels. -> (n,)"""
+        return self.rng.integers(0, self.n, size=n)

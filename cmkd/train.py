@@ -1,0 +1,311 @@
+"""Distil one student: the per-run loop that every sweep trial runs, and a command to run it alone.
+
+    python -m cmkd.train                              # synth benchmark, UCMKD vs no distillation
+    python -m cmkd.train --config best.yaml           # an experiment file (data: + distill:)
+    python -m cmkd.train --benchmark avdigits --set algorithm=ucmkd_bilevel --set epochs=30
+
+The teacher is never run here: its features and logits come from the bank, built once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from cmkd.bank import BankSampler, TeacherBank
+from cmkd.config import ConfigError, DataConfig, DistillConfig, Experiment
+from cmkd.data import Meta, load_split, subsample_per_class, validate_benchmark
+from cmkd.methods import Batch, evaluate, make_step
+from cmkd.models import Student, build_student
+from cmkd.teacher import benchmark_fingerprint, default_encoder, train_teacher
+
+
+def _builders() -> dict[str, Callable[[Path], object]]:
+    from cmkd.data.avdigits import build_avdigits
+    from cmkd.data.synth import build_synth
+
+    return {
+        "synth": lambda out: build_synth(out, "synth", progress=True),
+        "synth-nohelp": lambda out: build_synth(out, "synth-nohelp", progress=True),
+        "avdigits": lambda out: build_avdigits(out, progress=True),
+    }
+
+
+BUILTIN = ("synth", "synth-nohelp", "avdigits")
+
+
+def resolve_benchmark(name: str, root: str | Path, log=print) -> Path:
+    """A built benchmark's folder: a path as given, or a built-in one (built on first use)."""
+    path = Path(name)
+    if (path / "meta.json").is_file():
+        return path
+    if name not in BUILTIN:
+        raise ConfigError(
+            f"benchmark {name!r}: not a built-in ({', '.join(BUILTIN)}) and "
+            f"no meta.json in folder {path}"
+        )
+    out = Path(root) / name
+    if not (out / "meta.json").is_file():  # meta.json is written last: its presence = complete
+        log(f"building the built-in benchmark {name!r} into {out} (once)")
+        _builders()[name](out)
+    return out
+
+
+def ensure_bank(benchmark: Path, modality: str, log=print) -> Path:
+    """The teacher bank for ``modality`` beside the benchmark, trained and built on first use."""
+    bank_dir = benchmark / f"teacher-{modality}"
+    if not (bank_dir / "bank.json").is_file():
+        log(f"training the {modality} teacher and building its bank in {bank_dir} (once)")
+        train_teacher(benchmark, modality, bank_dir, log=log)
+    return bank_dir
+
+
+@dataclass(frozen=True, eq=False)
+class RunData:
+    """Everything a run reads: the student's splits (train subsampled) and the teacher bank.
+
+    x_*: (N, *in_shape) float32 tensors, y_*: (N,) int64 tensors.
+    """
+
+    meta: Meta
+    student: str
+    teacher: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    bank: TeacherBank
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def pick_modalities(meta: Meta, cfg: DataConfig) -> tuple[str, str]:
+    """(student, teacher) modality names, defaulting to the benchmark's second and first."""
+    mods = list(meta.modalities)
+    teacher = cfg.teacher or mods[0]
+    student = cfg.student or next((m for m in mods if m != teacher), None)
+    for role, m in (("student", student), ("teacher", teacher)):
+        if m not in mods:
+            raise ConfigError(
+                f"data.{role}: modality {m!r} not in benchmark {meta.name!r} ({mods})"
+            )
+    if student == teacher:
+        raise ConfigError(f"data.student and data.teacher are both {student!r}: they must differ")
+    return student, teacher
+
+
+def load_run_data(cfg: DataConfig, seed: int = 0, log=print) -> RunData:
+    """Resolve, validate and load a run's data; every check happens here, before any training."""
+    bench = resolve_benchmark(cfg.benchmark, cfg.data_root, log)
+    meta = validate_benchmark(bench)
+    student, teacher = pick_modalities(meta, cfg)
+    bank = TeacherBank.load(
+        ensure_bank(bench, teacher, log), fingerprint=benchmark_fingerprint(bench)
+    )
+    train, val, test = (load_split(bench, student, s, meta) for s in ("train", "val", "test"))
+    idx = subsample_per_class(train.y, cfg.labels_per_class, seed)
+    t = torch.tensor  # a copy: arrays read from parquet are not writable
+    return RunData(
+        meta,
+        student,
+        teacher,
+        t(train.x[idx]),
+        t(train.y[idx]),
+        t(val.x),
+        t(val.y),
+        t(test.x),
+        t(test.y),
+        bank,
+    )
+
+
+def make_student(data: RunData, cfg: DataConfig) -> Student:
+    kind = default_encoder(data.in_shape) if cfg.encoder == "auto" else cfg.encoder
+    return build_student(
+        kind,
+        data.in_shape,
+        data.meta.num_classes,
+        feature_dim=cfg.feature_dim or data.bank.feature_dim,
+        teacher_dim=data.bank.feature_dim,
+    )
+
+
+def make_optimizer(cfg: DistillConfig, student: Student) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            student.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_batches(n: int, batch_size: int, steps: int | None, rng: np.random.Generator):
+    """Index batches of one epoch: a shuffled pass, or ``steps`` batches drawn with replacement
+    of the pass order (a few-label student needs many steps per pass). No batch of size 1."""
+    batch_size = min(batch_size, n)
+    if steps is None:
+        order = rng.permutation(n)
+        batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        return [b for b in batches if len(b) > 1]
+    return [rng.choice(n, size=batch_size, replace=batch_size > n) for _ in range(steps)]
+
+
+def fit(
+    cfg: DistillConfig,
+    data: RunData,
+    data_cfg: DataConfig | None = None,
+    *,
+    on_epoch: Callable[[dict, Student], None] | None = None,
+    log=print,
+) -> dict:
+    """Train a student with ``cfg.algorithm`` and report every epoch.
+
+    Each epoch's metrics: the mean of every loss term, validation and test accuracy through the
+    student head and through the teacher head. ``on_epoch(metrics, student)`` is where a Ray
+    trial reports and checkpoints. Returns the best-validation epoch's metrics and the history.
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    student = make_student(data, data_cfg or DataConfig())
+    opt = make_optimizer(cfg, student)
+    step = make_step(cfg.algorithm, **cfg.step_kwargs())
+    bank = data.bank
+    sampler = BankSampler(bank.y, data.meta.num_classes, cfg.seed)
+    z_bank, logits_bank, y_bank = (torch.from_numpy(a) for a in (bank.z, bank.logits, bank.y))
+    history, best = [], None
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        batches = train_batches(len(data.y_train), cfg.batch_size, cfg.steps_per_epoch, rng)
+        for idx in batches:
+            y_s = data.y_train[idx]
+            rows = torch.from_numpy(sampler.class_matched(y_s.numpy()))
+            batch = Batch(data.x_train[idx], y_s, z_bank[rows], y_bank[rows], logits_bank[rows])
+            for k, v in step(student, bank.head, opt, batch).items():
+                sums[k] = sums.get(k, 0.0) + v
+        metrics = {"epoch": epoch, **{f"train_{k}": v / len(batches) for k, v in sums.items()}}
+        for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
+            ev = evaluate(student, bank.head, x, y)
+            metrics.update(
+                {
+                    f"{split}_acc": ev["acc"],
+                    f"{split}_acc_teacher_head": ev["acc_teacher_head"],
+                    f"{split}_ce": ev["ce"],
+                }
+            )
+        metrics["epoch_s"] = time.perf_counter() - t0
+        history.append(metrics)
+        if best is None or metrics["val_acc"] > best["val_acc"]:
+            best = metrics
+        if on_epoch is not None:
+            on_epoch(metrics, student)
+        log(
+            f"epoch {epoch:3d}/{cfg.epochs}  loss {metrics.get('train_loss', float('nan')):.4f}  "
+            f"val acc {metrics['val_acc']:.4f}  (teacher head {metrics['val_acc_teacher_head']:.4f})  "
+            f"{metrics['epoch_s']:.2f}s"
+        )
+    return {"best": best, "history": history}
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set w_fa=0.5")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m cmkd.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="experiment YAML with 'data:' and 'distill:' sections")
+    p.add_argument(
+        "--benchmark", help="synth, synth-nohelp, avdigits, or a built benchmark's folder"
+    )
+    p.add_argument("--labels-per-class", help="labelled student samples per class, or 'all'")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a distill hyperparameter (repeatable), e.g. --set w_fa=0.5",
+    )
+    p.add_argument(
+        "--no-reference", action="store_true", help="skip the no-distillation (ce) reference run"
+    )
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    try:
+        exp = (
+            Experiment.from_yaml(args.config)
+            if args.config
+            else Experiment(distill=DistillConfig(epochs=30, steps_per_epoch=20, batch_size=32))
+        )
+        data_over = {
+            k: v
+            for k, v in (("benchmark", args.benchmark), ("labels_per_class", args.labels_per_class))
+            if v
+        }
+        if "labels_per_class" in data_over and data_over["labels_per_class"] != "all":
+            data_over["labels_per_class"] = int(data_over["labels_per_class"])
+        exp = Experiment.from_dict(
+            {
+                "data": {**exp.data.model_dump(), **data_over},
+                "distill": {**exp.distill.model_dump(), **_parse_sets(args.set)},
+            },
+            source=args.config or "command line",
+        )
+        torch.set_num_threads(torch.get_num_threads())
+        data = load_run_data(exp.data, exp.distill.seed)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}")
+        return 2
+    print(
+        f"student {data.student} ({len(data.y_train)} labelled), teacher {data.teacher} "
+        f"(bank {len(data.bank.y)} rows), benchmark {data.meta.name}"
+    )
+    runs = {exp.distill.algorithm: exp.distill}
+    if not args.no_reference and exp.distill.algorithm != "ce":
+        runs = {"ce (no distillation)": exp.distill.model_copy(update={"algorithm": "ce"}), **runs}
+    results = {}
+    for name, cfg in runs.items():
+        print(f"\n== {name}")
+        results[name] = fit(cfg, data, exp.data)["best"]
+    print("\n| run | best val acc | test acc | test acc (teacher head) |\n|---|---:|---:|---:|")
+    for name, best in results.items():
+        print(
+            f"| {name} | {best['val_acc']:.4f} | {best['test_acc']:.4f} | "
+            f"{best['test_acc_teacher_head']:.4f} |"
+        )
+    if len(results) == 2:
+        ref, run = results.values()
+        print(
+            f"\n{exp.distill.algorithm}: {100 * (run['test_acc'] - ref['test_acc']):+.2f} test "
+            f"accuracy points over no distillation (at the best validation epoch)"
+        )
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps({"experiment": exp.model_dump(), "results": results}, indent=2)
+        )
+        print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
