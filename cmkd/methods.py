@@ -103,9 +103,18 @@ def _total(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
     return sum(weights.get(k, 1.0) * v for k, v in terms.items())
 
 
+def _sync(opt) -> None:
+    """Average gradients across data-parallel ranks when the optimizer knows how (before any
+    clipping, as DDP does); a plain optimizer has no ``sync_gradients`` and nothing happens."""
+    sync = getattr(opt, "sync_gradients", None)
+    if sync is not None:
+        sync()
+
+
 def _update(opt: torch.optim.Optimizer, loss: Tensor, student: nn.Module, grad_clip: float | None):
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    _sync(opt)
     if grad_clip:
         nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
     opt.step()
@@ -234,6 +243,7 @@ def ucmkd_bilevel_step(
     opt.zero_grad(set_to_none=True)
     for p, g in zip(params, grads, strict=True):
         p.grad = None if g is None else g.detach().clone()
+    _sync(opt)
     if grad_clip:
         nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()

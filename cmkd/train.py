@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 
 from cmkd.bank import BankSampler, TeacherBank
@@ -161,6 +162,142 @@ def train_batches(n: int, batch_size: int, steps: int | None, rng: np.random.Gen
     return [rng.choice(n, size=batch_size, replace=batch_size > n) for _ in range(steps)]
 
 
+class SyncedOptimizer:
+    """An optimizer whose gradients are averaged across ranks where DDP would average them.
+
+    The training steps call ``sync_gradients()`` after backward and before clipping and
+    stepping (one flattened all-reduce through torch.distributed: gloo on CPU, NCCL on GPU).
+    Everything else is the wrapped optimizer's.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, world: int):
+        self.opt, self.world = opt, world
+
+    def sync_gradients(self) -> None:
+        grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world
+        for g, synced in zip(
+            grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True
+        ):
+            g.copy_(synced)
+
+    def __getattr__(self, name):
+        return getattr(self.opt, name)
+
+
+def _all_sum(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class Run:
+    """One student's training state: what an epoch needs and what a checkpoint holds.
+
+    Under data parallelism each rank holds its shard of the labelled set in ``data.x_train``,
+    the whole bank, and evaluates every ``world``-th validation and test row; counts are summed
+    across ranks, so every rank reports the same metrics.
+    """
+
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        data: RunData,
+        data_cfg: DataConfig | None = None,
+        *,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.data, self.rank, self.world = cfg, data, rank, world
+        self.rng = np.random.default_rng([cfg.seed, rank])
+        self.student = make_student(data, data_cfg or DataConfig())
+        opt = make_optimizer(cfg, self.student)
+        if world > 1:
+            for t in [*self.student.parameters(), *self.student.buffers()]:
+                dist.broadcast(t.data, src=0)
+            opt = SyncedOptimizer(opt, world)
+        self.opt = opt
+        self.step = make_step(cfg.algorithm, **cfg.step_kwargs())
+        bank = data.bank
+        self.sampler = BankSampler(bank.y, data.meta.num_classes, cfg.seed * 1000 + rank)
+        self.bank_t = tuple(torch.from_numpy(a) for a in (bank.z, bank.logits, bank.y))
+        self.epoch, self.best, self.history = 0, None, []
+
+    def train_epoch(self) -> dict[str, float]:
+        z_bank, logits_bank, y_bank = self.bank_t
+        data, sums = self.data, {}
+        batches = train_batches(
+            len(data.y_train), self.cfg.batch_size, self.cfg.steps_per_epoch, self.rng
+        )
+        for idx in batches:
+            y_s = data.y_train[idx]
+            rows = torch.from_numpy(self.sampler.class_matched(y_s.numpy()))
+            batch = Batch(data.x_train[idx], y_s, z_bank[rows], y_bank[rows], logits_bank[rows])
+            for k, v in self.step(self.student, self.data.bank.head, self.opt, batch).items():
+                sums[k] = sums.get(k, 0.0) + v
+        return {f"train_{k}": v / max(len(batches), 1) for k, v in sums.items()}
+
+    def evaluate(self) -> dict[str, float]:
+        if self.world > 1:  # ranks' BatchNorm statistics drift apart; rank 0's are the model's
+            for b in self.student.buffers():
+                dist.broadcast(b.data, src=0)
+        out = {}
+        for split, x, y in (
+            ("val", self.data.x_val, self.data.y_val),
+            ("test", self.data.x_test, self.data.y_test),
+        ):
+            x, y = x[self.rank :: self.world], y[self.rank :: self.world]
+            ev = evaluate(self.student, self.data.bank.head, x, y)
+            n = ev["n"]
+            acc, acc_t, ce, n = _all_sum(
+                [ev["acc"] * n, ev["acc_teacher_head"] * n, ev["ce"] * n, n], self.world
+            )
+            out.update(
+                {
+                    f"{split}_acc": acc / n,
+                    f"{split}_acc_teacher_head": acc_t / n,
+                    f"{split}_ce": ce / n,
+                }
+            )
+        return out
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch, evaluate, and keep the history and the best-validation epoch."""
+        t0 = time.perf_counter()
+        self.epoch += 1
+        metrics = {"epoch": self.epoch, **self.train_epoch(), **self.evaluate()}
+        metrics["epoch_s"] = time.perf_counter() - t0
+        self.history.append(metrics)
+        if self.best is None or metrics["val_acc"] > self.best["val_acc"]:
+            self.best = metrics
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {
+            "student": self.student.state_dict(),
+            "opt": self.opt.state_dict(),
+            "epoch": self.epoch,
+            "best": self.best,
+            "history": self.history,
+            "rng": self.rng.bit_generator.state,
+            "sampler_rng": self.sampler.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        self.opt.load_state_dict(state["opt"])
+        self.epoch, self.best, self.history = state["epoch"], state["best"], state["history"]
+        self.rng.bit_generator.state = state["rng"]
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+
 def fit(
     cfg: DistillConfig,
     data: RunData,
@@ -169,53 +306,23 @@ def fit(
     on_epoch: Callable[[dict, Student], None] | None = None,
     log=print,
 ) -> dict:
-    """Train a student with ``cfg.algorithm`` and report every epoch.
+    """Train a student with ``cfg.algorithm`` on one process and report every epoch.
 
     Each epoch's metrics: the mean of every loss term, validation and test accuracy through the
-    student head and through the teacher head. ``on_epoch(metrics, student)`` is where a Ray
-    trial reports and checkpoints. Returns the best-validation epoch's metrics and the history.
+    student head and through the teacher head. Returns the best-validation epoch's metrics and
+    the history.
     """
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    student = make_student(data, data_cfg or DataConfig())
-    opt = make_optimizer(cfg, student)
-    step = make_step(cfg.algorithm, **cfg.step_kwargs())
-    bank = data.bank
-    sampler = BankSampler(bank.y, data.meta.num_classes, cfg.seed)
-    z_bank, logits_bank, y_bank = (torch.from_numpy(a) for a in (bank.z, bank.logits, bank.y))
-    history, best = [], None
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        batches = train_batches(len(data.y_train), cfg.batch_size, cfg.steps_per_epoch, rng)
-        for idx in batches:
-            y_s = data.y_train[idx]
-            rows = torch.from_numpy(sampler.class_matched(y_s.numpy()))
-            batch = Batch(data.x_train[idx], y_s, z_bank[rows], y_bank[rows], logits_bank[rows])
-            for k, v in step(student, bank.head, opt, batch).items():
-                sums[k] = sums.get(k, 0.0) + v
-        metrics = {"epoch": epoch, **{f"train_{k}": v / len(batches) for k, v in sums.items()}}
-        for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
-            ev = evaluate(student, bank.head, x, y)
-            metrics.update(
-                {
-                    f"{split}_acc": ev["acc"],
-                    f"{split}_acc_teacher_head": ev["acc_teacher_head"],
-                    f"{split}_ce": ev["ce"],
-                }
-            )
-        metrics["epoch_s"] = time.perf_counter() - t0
-        history.append(metrics)
-        if best is None or metrics["val_acc"] > best["val_acc"]:
-            best = metrics
+    run = Run(cfg, data, data_cfg)
+    while run.epoch < cfg.epochs:
+        m = run.run_epoch()
         if on_epoch is not None:
-            on_epoch(metrics, student)
+            on_epoch(m, run.student)
         log(
-            f"epoch {epoch:3d}/{cfg.epochs}  loss {metrics.get('train_loss', float('nan')):.4f}  "
-            f"val acc {metrics['val_acc']:.4f}  (teacher head {metrics['val_acc_teacher_head']:.4f})  "
-            f"{metrics['epoch_s']:.2f}s"
+            f"epoch {m['epoch']:3d}/{cfg.epochs}  loss {m.get('train_loss', float('nan')):.4f}  "
+            f"val acc {m['val_acc']:.4f}  (teacher head {m['val_acc_teacher_head']:.4f})  "
+            f"{m['epoch_s']:.2f}s"
         )
-    return {"best": best, "history": history}
+    return {"best": run.best, "history": run.history}
 
 
 def _parse_sets(pairs: list[str]) -> dict:

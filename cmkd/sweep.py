@@ -1,0 +1,242 @@
+"""The Ray side of a sweep: searcher, scheduler, Tuner, W&B, resume and the final retrain."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import statistics
+import time
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from cmkd.config import DataConfig, DistillConfig, Experiment
+from cmkd.trial import Resources, for_machine, pack, trial_driver
+from cmkd.tune import distill_part, print_leaderboard, references, summarise
+
+
+class WithReferences(Searcher):
+    """Hands out the fixed reference trials first, then defers to the wrapped searcher.
+
+    The references are not told to Optuna: they are baselines to beat, not samples of the space
+    (their settings may lie outside it).
+    """
+
+    def __init__(self, inner: Searcher, fixed_trials: list[dict]):
+        super().__init__(metric=inner.metric, mode=inner.mode)
+        self.inner, self.pending, self.reference_ids = inner, list(fixed_trials), set()
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        ok = self.inner.set_search_properties(metric, mode, config, **spec)
+        self._metric, self._mode = self.inner.metric, self.inner.mode
+        return ok
+
+    def suggest(self, trial_id: str):
+        if self.pending:
+            self.reference_ids.add(trial_id)
+            return self.pending.pop(0)
+        config = self.inner.suggest(trial_id)
+        return {**config, "role": "search"} if isinstance(config, dict) else config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.reference_ids:
+            self.inner.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        if trial_id not in self.reference_ids:
+            self.inner.on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.inner.save(checkpoint_path + ".inner")
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"pending": self.pending, "reference_ids": self.reference_ids}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.inner.restore(checkpoint_path + ".inner")
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.pending, self.reference_ids = state["pending"], state["reference_ids"]
+
+
+def make_searcher(space, seed: int) -> Searcher:
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                         group=True, n_startup_trials=5)
+    inner = OptunaSearch(space=space.define_by_run, metric=space.metric, mode=space.mode,
+                         sampler=sampler)
+    return WithReferences(inner, references(space))
+
+
+def make_scheduler(space, max_epochs: int) -> ASHAScheduler:
+    # time_attr is the epoch each trial reports: Tune does not persist its own counters on resume
+    return ASHAScheduler(time_attr="epoch", metric=space.metric, mode=space.mode, max_t=max_epochs,
+                         grace_period=max(1, max_epochs // 4), reduction_factor=2)
+
+
+def wandb_callbacks(mode: str, project: str, group: str) -> list:
+    if mode == "disabled":
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    # upload_timeout bounds how long the end of the sweep waits on W&B (default 30 min).
+    return [WandbLoggerCallback(project=project, group=group, mode=mode, upload_timeout=10,
+                                excludes=["checkpoint_path"])]
+
+
+def final_retrain(configs: dict[str, dict], data_cfg: DataConfig, seeds: list[int],
+                  payload_ref: list, train_ref: list, cpus: float) -> dict[str, dict]:
+    """Retrain each named config with every seed on the full schedule, in parallel Ray tasks."""
+
+    @ray.remote(num_cpus=cpus)
+    def retrain(distill: dict, seed: int) -> dict:
+        import torch
+
+        from cmkd.train import fit
+        from cmkd.trial import unpack
+
+        torch.set_num_threads(max(1, int(cpus)))
+        x, y = ray.get(train_ref[0])
+        data = unpack(ray.get(payload_ref[0]), x, y)
+        cfg = DistillConfig.from_dict({**distill, "seed": seed}, source="final retrain")
+        best = fit(cfg, data, data_cfg, log=lambda *_: None)["best"]
+        return {k: best[k] for k in ("val_acc", "test_acc", "test_acc_teacher_head", "epoch")}
+
+    futures = {(name, s): retrain.remote(cfg, s) for name, cfg in configs.items() for s in seeds}
+    out = {name: {"config": cfg, "runs": []} for name, cfg in configs.items()}
+    for (name, s), fut in futures.items():
+        out[name]["runs"].append({"seed": s, **ray.get(fut)})
+    for entry in out.values():
+        for key in ("test_acc", "test_acc_teacher_head", "val_acc"):
+            vals = [r[key] for r in entry["runs"]]
+            entry[key + "_mean"] = statistics.fmean(vals)
+            entry[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return out
+
+
+def log_summary_to_wandb(mode: str, project: str, group: str, rows: list[dict], final: dict) -> None:
+    if mode == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(project=project, group=group, name=f"{group}-summary", job_type="summary",
+                     mode=mode, reinit=True)
+    table = wandb.Table(columns=["rank", "role", "trial", "best_val_acc", "epochs", "config"])
+    for i, r in enumerate(rows, 1):
+        table.add_data(i, r["role"], r["trial_id"], r.get("best_val_acc"), r.get("epochs_run"),
+                       json.dumps(r["config"]))
+    final_table = wandb.Table(columns=["config", "test_acc_mean", "test_acc_std", "seeds"])
+    for name, e in final.items():
+        final_table.add_data(name, e["test_acc_mean"], e["test_acc_std"], len(e["runs"]))
+    run.log({"leaderboard": table, "final": final_table})
+    run.finish()
+
+
+def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_start: float) -> int:
+    """Start (or resume) the sweep on the cluster, then retrain and write the results."""
+    if not ray.is_initialized():
+        ray.init(logging_level="ERROR", log_to_driver=False)
+    cluster = ray.cluster_resources()
+    resources = for_machine(cluster, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker)
+    concurrency = args.max_concurrent or resources.concurrency(cluster)
+    max_epochs = space.fixed.get("epochs", DistillConfig().epochs)
+    print(f"sweep {name!r}: {args.num_samples} searched + 2 reference trials, up to {concurrency} at "
+          f"once, {resources.workers} worker(s) x {resources.cpus_per_worker:g} CPU"
+          f"{f' + {resources.gpus_per_worker:g} GPU' if resources.gpus_per_worker else ''} per trial; "
+          f"storage {root}/{name}", flush=True)
+
+    # Arrays every trial reads, put in the object store once. Wrapped in lists so that the refs
+    # travel as refs (Ray resolves only top-level refs).
+    payload_ref = [ray.put(pack(data))]
+    train_ref = [ray.put((data.x_train.numpy(), data.y_train.numpy()))]
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, payload_ref=payload_ref, train_ref=train_ref,
+                             data_cfg=data_cfg.model_dump(), resources=resources, storage=root,
+                             max_failures=1),
+        {"CPU": resources.trial_cpus},
+    )
+    path = f"{root}/{name}"
+    if args.resume and tune.Tuner.can_restore(path):
+        print(f"resuming the sweep in {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=make_searcher(space, args.seed),
+                                        scheduler=make_scheduler(space, max_epochs),
+                                        num_samples=args.num_samples + 2,
+                                        max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(
+                name=name, storage_path=root,
+                callbacks=wandb_callbacks(args.wandb, args.wandb_project, name),
+                failure_config=tune.FailureConfig(max_failures=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    sweep_s = time.perf_counter() - t_start
+    rows = summarise(grid, space.metric, space.mode)
+    print_leaderboard(rows, space.metric, max_epochs)
+    searched = [r for r in rows if r["role"] == "search" and "best_" + space.metric in r]
+    by_role = {r["role"]: r for r in rows if r["role"] != "search"}
+    configs = {}
+    if searched:
+        configs["winner"] = searched[0]["config"]
+    for role in ("reference-ce", "reference-ucmkd"):
+        if role in by_role:
+            configs[role] = by_role[role]["config"]
+    final = {}
+    if args.final_seeds > 0 and configs:
+        seeds = list(range(args.final_seeds))
+        print(f"\nfinal stage: retraining {', '.join(configs)} with seeds {seeds} on the full "
+              f"schedule ({max_epochs} epochs)", flush=True)
+        final = final_retrain(configs, data_cfg, seeds, payload_ref, train_ref,
+                              cpus=min(1.0, cluster.get("CPU", 1)))
+    total_s = time.perf_counter() - t_start
+    out_dir = Path(root) / name if "://" not in root else Path("runs") / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {
+        "name": name, "space": str(space.path), "benchmark": data.meta.name,
+        "student": data.student, "teacher": data.teacher,
+        "labels_per_class": data_cfg.labels_per_class, "metric": space.metric,
+        "trials": rows, "final": final, "sweep_s": sweep_s, "total_s": total_s,
+        "resources": resources.__dict__, "concurrency": concurrency,
+        "storage": f"{root}/{name}",
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    if "winner" in configs:
+        Experiment(data=data_cfg, distill=DistillConfig.from_dict(configs["winner"])).to_yaml(
+            out_dir / "best.yaml")
+    print_final(final)
+    log_summary_to_wandb(args.wandb, args.wandb_project, name, rows, final)
+    print(f"\nsweep {sweep_s:.0f} s, total {total_s:.0f} s. Written to {out_dir}:")
+    print(f"  results.json  every trial's config and curve, the final retrain")
+    if "winner" in configs:
+        print(f"  best.yaml     the winner; run it again: python -m cmkd.train --config {out_dir}/best.yaml")
+    if args.wandb != "disabled":
+        print(f"  W&B ({args.wandb}): project {args.wandb_project!r}, group {name!r}"
+              + (f"; sync later with `wandb sync {out_dir}/wandb/wandb/offline-run-*`"
+                 if args.wandb == "offline" else ""))
+    return 0
+
+
+def print_final(final: dict) -> None:
+    if not final:
+        return
+    print("\n| config | test acc (mean ± std) | via teacher head | seeds |\n|---|---:|---:|---:|")
+    for name, e in final.items():
+        print(f"| {name} | {100 * e['test_acc_mean']:.2f} ± {100 * e['test_acc_std']:.2f} | "
+              f"{100 * e['test_acc_teacher_head_mean']:.2f} ± {100 * e['test_acc_teacher_head_std']:.2f} "
+              f"| {len(e['runs'])} |")
+    if "winner" in final:
+        w = final["winner"]["test_acc_mean"]
+        for ref in ("reference-ce", "reference-ucmkd"):
+            if ref in final:
+                gain = 100 * (w - final[ref]["test_acc_mean"])
+                label = "no distillation" if ref == "reference-ce" else "the reference UCMKD defaults"
+                print(f"winner vs {label}: {gain:+.2f} test accuracy points")

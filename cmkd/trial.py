@@ -1,0 +1,154 @@
+"""One sweep trial: a Ray Train ``TorchTrainer`` of K data-parallel workers inside a Tune trial.
+
+The Ray layer only wires: the trial's driver builds the trainer (run named from the trial id, so
+a retried trial resumes from its checkpoint), the workers load their shard and the bank, and
+every epoch they report metrics summed across ranks and a checkpoint written by rank 0. The
+training itself is :class:`cmkd.train.Run`, which knows nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from cmkd.bank import TeacherBank
+from cmkd.config import DataConfig, DistillConfig
+from cmkd.data import Meta
+from cmkd.train import Run, RunData
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks of the cluster, sized for the machine (2 CPUs included)."""
+
+    workers: int = 1
+    """Train workers (data-parallel ranks) per trial."""
+    cpus_per_worker: float = 1.0
+    """CPUs each worker holds (fractional on small machines)."""
+    gpus_per_worker: float = 0.0
+    """GPUs each worker holds: 0 or a whole number (fractional GPUs break NCCL)."""
+    trial_cpus: float = 0.01
+    """What the trial's own actor holds while its workers train (it only waits)."""
+
+    def concurrency(self, cluster: dict) -> int:
+        """Trials the cluster can run at once: its CPUs (or GPUs) over one trial's need."""
+        if self.gpus_per_worker > 0:
+            return max(1, int(cluster.get("GPU", 0) // (self.workers * self.gpus_per_worker)))
+        need = self.workers * self.cpus_per_worker + self.trial_cpus
+        return max(1, int(cluster.get("CPU", 1) // need))
+
+
+def for_machine(cluster: dict, workers: int, gpus_per_worker: float, cpus_per_worker: float | None):
+    """Resource requests that start on this cluster: on 2 CPUs, 2 workers get 0.5 CPU each."""
+    if gpus_per_worker and gpus_per_worker != int(gpus_per_worker):
+        raise ValueError(f"--gpus-per-worker {gpus_per_worker}: fractional GPUs break DDP "
+                         "(NCCL needs a whole device per rank); use 1")
+    if cpus_per_worker is None:
+        cpus = cluster.get("CPU", 1)
+        cpus_per_worker = 1.0 if cpus >= 2 * workers else max(cpus / (2 * workers), 0.1)
+    return Resources(workers, cpus_per_worker, gpus_per_worker)
+
+
+def pack(data: RunData) -> dict:
+    """What every trial needs, as plain arrays (put in the object store once per sweep)."""
+    return {
+        "meta": data.meta, "student": data.student, "teacher": data.teacher,
+        "x_val": data.x_val.numpy(), "y_val": data.y_val.numpy(),
+        "x_test": data.x_test.numpy(), "y_test": data.y_test.numpy(),
+        "bank_z": data.bank.z, "bank_logits": data.bank.logits, "bank_y": data.bank.y,
+        "bank_head": data.bank.head.state_dict(), "bank_info": data.bank.info,
+    }
+
+
+def unpack(payload: dict, x_train: np.ndarray, y_train: np.ndarray) -> RunData:
+    from cmkd.models import freeze, linear_head
+
+    meta: Meta = payload["meta"]
+    head = linear_head(payload["bank_z"].shape[1], meta.num_classes)
+    head.load_state_dict(payload["bank_head"])
+    bank = TeacherBank(z=payload["bank_z"], logits=payload["bank_logits"], y=payload["bank_y"],
+                       head=freeze(head), info=payload["bank_info"])
+    t = torch.tensor  # copies: arrays from the object store are read-only
+    return RunData(meta, payload["student"], payload["teacher"], t(x_train), t(y_train),
+                   t(payload["x_val"]), t(payload["y_val"]), t(payload["x_test"]),
+                   t(payload["y_test"]), bank)
+
+
+def _train_shard() -> tuple[np.ndarray, np.ndarray]:
+    """This rank's labelled rows, read once from its Ray Data shard and kept in memory."""
+    shard = ray.train.get_dataset_shard("train")
+    xs, ys = [], []
+    for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+        xs.append(batch["x"])
+        ys.append(batch["y"])
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
+
+
+def worker_loop(config: dict) -> None:
+    """Runs on every Train worker: restore, then train, evaluate, report and checkpoint per epoch."""
+    torch.set_num_threads(1)  # one thread per worker: oversubscribed threads ran 7-30x slower
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = DistillConfig.from_dict(config["distill"], source="trial config")
+    payload = ray.get(config["payload"][0])
+    x_train, y_train = _train_shard()
+    data = unpack(payload, x_train, y_train)
+    run = Run(cfg, data, DataConfig.model_validate(config["data"]), rank=rank, world=world)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            run.load_state_dict(torch.load(Path(d) / STATE_FILE, weights_only=False))
+    while run.epoch < cfg.epochs:
+        metrics = run.run_epoch()
+        metrics.update({f"best_{k}": run.best[k] for k in ("val_acc", "test_acc", "test_acc_teacher_head")})
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                torch.save(run.state_dict(), Path(tmp) / STATE_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+
+def train_dataset(x: np.ndarray, y: np.ndarray) -> ray.data.Dataset:
+    """The labelled student rows as a Ray Dataset, split across the trial's workers."""
+    return ray.data.from_items([{"x": x[i], "y": int(y[i])} for i in range(len(y))])
+
+
+def trial_driver(config: dict, *, payload_ref: list, train_ref: list, data_cfg: dict,
+                 resources: Resources, storage: str, max_failures: int) -> None:
+    """The Tune trainable: one TorchTrainer, named from the trial id so a retry resumes."""
+    trial_id = ray.tune.get_context().get_trial_id()
+    x_train, y_train = ray.get(train_ref[0])
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={
+            "distill": {k: v for k, v in config.items() if k in DistillConfig.model_fields},
+            "data": data_cfg,
+            "payload": payload_ref,
+        },
+        torch_config=TorchConfig(backend="nccl" if resources.gpus_per_worker else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers,
+            use_gpu=resources.gpus_per_worker > 0,
+            resources_per_worker={"CPU": resources.cpus_per_worker,
+                                  **({"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=[TuneReportCallback()],
+        ),
+        datasets={"train": train_dataset(x_train, y_train)},
+    )
+    trainer.fit()
