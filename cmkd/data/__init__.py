@@ -1,5 +1,11 @@
 """Benchmarks on disk: one parquet table per modality and split, validated on load.
 
+schema    the layout, its validation, loading, per-class subsampling (exported here)
+synth     two-view Gaussian benchmarks `synth` and `synth-nohelp`
+avdigits  MNIST digits and espeak-ng spoken digits (`image`, `audio`)
+convert   RAVDESS and CREMA-D raw releases to the layout (audio)
+audio     log-mel features and wav files; espeak: speech synthesis through ctypes
+
 Build one with ``python -m cmkd.data build NAME --out DIR``; load it with :func:`load_split`
 after :func:`validate_benchmark`.
 """

@@ -130,7 +130,8 @@ def build_synth(
 ) -> Meta:
     """Write a synth benchmark to out/: meta.json and {a,b}_{train,val,test}.parquet.
 
-    regime names the defaults (a key of REGIMES); overrides replace single SynthParams fields.
+    regime names the defaults (a key of REGIMES); overrides replace single SynthParams fields
+    and are recorded in meta.json as params["options"].
     """
     from tqdm import tqdm
 
@@ -147,6 +148,6 @@ def build_synth(
         params.num_classes,
         {m: (params.dim,) for m in MODALITIES},
         seed=seed,
-        params={"regime": regime, **asdict(params)},
+        params={"regime": regime, **asdict(params), "options": overrides},
     )
     return read_meta(out)

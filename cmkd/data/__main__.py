@@ -1,0 +1,227 @@
+"""Build, convert or validate a benchmark directory.
+
+python -m cmkd.data build synth --out data/synth [--seed 0] [--shared 8 ...]
+python -m cmkd.data build synth-nohelp --out data/synth-nohelp
+python -m cmkd.data build avdigits --out data/avdigits [--languages en,fr --repeats 1 ...]
+python -m cmkd.data convert ravdess RAW_DIR --out data/ravdess
+python -m cmkd.data validate data/avdigits
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from cmkd.data.schema import (
+    META_FILE,
+    SPLITS,
+    DataError,
+    load_split,
+    read_meta,
+    split_path,
+    validate_benchmark,
+)
+
+_SYNTH_HELP = {
+    "num_classes": "classes shared by both modalities",
+    "dim": "observed features per modality, x: (dim,)",
+    "shared": "modality-general decisive latent dims (same class code in a and b)",
+    "specific": "modality-specific decisive latent dims, per modality",
+    "nondecisive": "latent dims per modality without label information",
+    "class_sep": "std of the class codes in each decisive dim",
+    "noise": "within-class std of the decisive latents",
+    "obs_noise": "std of the noise on the observed features",
+    "train_per_class": "train samples per class and modality",
+    "val_per_class": "val samples per class and modality",
+    "test_per_class": "test samples per class and modality",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    from cmkd.data.avdigits import VARIANTS, WORDS
+    from cmkd.data.synth import REGIMES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m cmkd.data",
+        description="Build, convert or validate a cmkd benchmark directory.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser(
+        "build",
+        help="build a built-in benchmark into a directory",
+        description="Build a benchmark offline. The directory is the cache: an existing build "
+        "with the same options is kept; other options need --force.",
+    )
+    names = build.add_subparsers(dest="name", required=True, metavar="NAME")
+    for regime, defaults in REGIMES.items():
+        sub = names.add_parser(
+            regime,
+            help=f"two-view Gaussians, {defaults.shared} shared + {defaults.specific} specific "
+            "decisive dims (Xue et al. 2023)",
+        )
+        group = sub.add_argument_group("generator knobs (defaults: this regime's)")
+        for name, text in _SYNTH_HELP.items():
+            default = getattr(defaults, name)
+            group.add_argument(
+                f"--{name.replace('_', '-')}",
+                type=type(default),
+                metavar="N" if isinstance(default, int) else "X",
+                help=f"{text} [{default}]",
+            )
+    sub = names.add_parser(
+        "avdigits",
+        help="MNIST digits (image) and espeak-ng spoken digit words (audio)",
+        epilog="Tiny build for tests: --languages en,fr --variants m1,f1,m3 --repeats 1 "
+        "--images-per-class 10",
+    )
+    sub.add_argument("--languages", type=_csv, metavar="A,B", help=f"[{','.join(WORDS)}]")
+    sub.add_argument(
+        "--variants",
+        type=_csv,
+        metavar="A,B",
+        help=f"espeak-ng voice variants, >= 3 (test and val hold some out) [{','.join(VARIANTS)}]",
+    )
+    sub.add_argument("--repeats", type=int, metavar="N", help="clips per voice and digit [4]")
+    sub.add_argument(
+        "--images-per-class", type=int, metavar="N", help="at most N MNIST images per class [500]"
+    )
+    sub.add_argument(
+        "--workers", type=int, metavar="N", help="parallel espeak-ng processes [CPU count]"
+    )
+    for sub in names.choices.values():
+        sub.add_argument(
+            "--out", type=Path, required=True, metavar="DIR", help="benchmark directory to write"
+        )
+        sub.add_argument("--seed", type=int, default=0, metavar="N", help="random seed [0]")
+        sub.add_argument("--force", action="store_true", help="rebuild over an existing build")
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a raw public release you downloaded (audio only: no video decoder)",
+    )
+    sources = convert.add_subparsers(dest="name", required=True, metavar="NAME")
+    for name, text in (
+        ("ravdess", "RAVDESS speech: RAW/Actor_XX/MM-VV-EE-II-SS-RR-AA.wav, 8 emotions"),
+        ("cremad", "CREMA-D: RAW/AudioWAV/1001_DFA_ANG_XX.wav, 6 emotions"),
+    ):
+        sub = sources.add_parser(name, help=text, description=text)
+        sub.add_argument("raw", type=Path, metavar="RAW", help="the folder of the raw release")
+        sub.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+        sub.add_argument("--seed", type=int, default=0, metavar="N", help="speaker split seed [0]")
+        sub.add_argument("--n-mels", type=int, default=40, metavar="N", help="mel bands [40]")
+        sub.add_argument("--frames", type=int, default=300, metavar="N", help="10 ms frames [300]")
+        sub.add_argument("--force", action="store_true", help="replace an existing conversion")
+
+    validate = commands.add_parser("validate", help="check every file of a benchmark directory")
+    validate.add_argument("dir", type=Path)
+    validate.add_argument(
+        "--modalities", type=_csv, metavar="A,B", help="[all modalities in meta.json]"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status: 0 ok, 1 invalid data or options, 2 refused."""
+    args = _parser().parse_args(argv)
+    if args.command in ("build", "convert"):
+        return _build(args)
+    return _validate(args.dir, args.modalities)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from cmkd.data.avdigits import build_avdigits
+    from cmkd.data.convert import convert_cremad, convert_ravdess
+    from cmkd.data.synth import REGIMES, build_synth
+
+    skip = {"command", "name", "out", "seed", "force", "workers", "raw"}
+    options = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    found, wanted = _existing_build(args.out), (args.name, args.seed, options)
+    if found is not None and not args.force:
+        if found == wanted:
+            print(f"{args.out}: {args.name} already built with these options (--force rebuilds)")
+            return 0
+        print(
+            f"{args.out}: holds {found[0]} seed {found[1]} options {found[2]}, not "
+            f"{args.name} seed {args.seed} options {options}; pass --force to replace it "
+            "or choose another --out",
+            file=sys.stderr,
+        )
+        return 2
+    (args.out / META_FILE).unlink(missing_ok=True)  # an interrupted rebuild stays incomplete
+
+    out, seed = args.out, args.seed
+    run = {
+        **{r: lambda r=r: build_synth(out, r, seed, progress=True, **options) for r in REGIMES},
+        "avdigits": lambda: build_avdigits(
+            out, seed, workers=args.workers, progress=True, **options
+        ),
+        "ravdess": lambda: convert_ravdess(args.raw, out, seed, progress=True, **options),
+        "cremad": lambda: convert_cremad(args.raw, out, seed, progress=True, **options),
+    }[args.name]
+    start = time.perf_counter()
+    try:
+        run()
+        seconds = time.perf_counter() - start
+        validate_benchmark(out)
+    except (DataError, ValueError) as err:  # DataError names the file at fault
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    _print_files(args.out)
+    print(f"built {args.name} (seed {args.seed}) in {seconds:.1f} s")
+    return 0
+
+
+def _validate(directory: Path, modalities: list[str] | None) -> int:
+    try:
+        meta = validate_benchmark(directory, modalities)
+    except DataError as err:
+        print(f"invalid: {err}", file=sys.stderr)
+        return 1
+    print(f"{directory}: {meta.name}, {meta.num_classes} classes, seed {meta.seed}")
+    for m in modalities or meta.modalities:
+        print(f"  {m}: x {list(meta.shapes[m])}")
+        for s in SPLITS:
+            split = load_split(directory, m, s, meta)
+            groups = "" if split.groups is None else f", {len(set(split.groups))} groups"
+            print(f"    {s:5} {len(split):6} rows, {len(set(split.y.tolist()))} classes{groups}")
+    print("ok")
+    return 0
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _existing_build(out: Path) -> tuple[str, int | None, dict[str, Any]] | None:
+    """(name, seed, options given to the builder) of the complete build in out/, else None."""
+    if not (out / META_FILE).is_file():
+        return None
+    try:
+        meta = read_meta(out)
+    except DataError:
+        return None
+    # A build whose meta.json records no options was made with the defaults.
+    return meta.name, meta.seed, meta.params.get("options", {})
+
+
+def _print_files(out: Path) -> None:
+    meta = read_meta(out)
+    total = 0
+    for m in meta.modalities:
+        for s in SPLITS:
+            path = split_path(out, m, s)
+            size = path.stat().st_size
+            total += size
+            rows = pq.read_metadata(path).num_rows
+            print(f"  {path.name:28} {rows:7} rows {size / 1e6:8.2f} MB")
+    print(f"  {'total':28} {'':12} {total / 1e6:8.2f} MB in {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
