@@ -15,8 +15,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from cmkd.config import DataConfig, DistillConfig, Experiment
-from cmkd.trial import Resources, for_machine, pack, trial_driver
-from cmkd.tune import distill_part, print_leaderboard, references, summarise
+from cmkd.trial import for_machine, pack, trial_driver
+from cmkd.tune import print_leaderboard, references, summarise
 
 
 class WithReferences(Searcher):
@@ -51,31 +51,92 @@ class WithReferences(Searcher):
             self.inner.on_trial_complete(trial_id, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
-        self.inner.save(checkpoint_path + ".inner")
+        # One file (Tune renames it atomically): the wrapped searcher travels inside.
         with open(checkpoint_path, "wb") as f:
-            pickle.dump({"pending": self.pending, "reference_ids": self.reference_ids}, f)
+            pickle.dump(self.__dict__.copy(), f)
 
     def restore(self, checkpoint_path: str) -> None:
-        self.inner.restore(checkpoint_path + ".inner")
         with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        self.pending, self.reference_ids = state["pending"], state["reference_ids"]
+            self.__dict__.update(pickle.load(f))
+
+
+def trial_name(trial) -> str:
+    return f"{trial.config.get('role', 'search')}-{trial.trial_id}"
+
+
+class Progress(tune.Callback):
+    """One line per trial event: started, each epoch's metric, finished or stopped by ASHA."""
+
+    def __init__(self, total: int, metric: str, max_epochs: int):
+        self.total, self.metric, self.max_epochs = total, metric, max_epochs
+        self.done, self.t0, self.best = 0, time.perf_counter(), {}
+
+    def _say(self, text: str) -> None:
+        print(
+            f"[{time.perf_counter() - self.t0:6.0f}s {self.done}/{self.total} done] {text}",
+            flush=True,
+        )
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        shown = {k: v for k, v in trial.config.items() if k not in ("role",)}
+        self._say(
+            f"start {trial_name(trial)}: "
+            + ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in sorted(shown.items())
+            )
+        )
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.metric in result:
+            self.best[trial.trial_id] = result.get("best_" + self.metric, result[self.metric])
+            self._say(
+                f"{trial_name(trial)} epoch {result.get('epoch')}/{self.max_epochs}: "
+                f"{self.metric} {result[self.metric]:.4f}"
+            )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        epochs = (trial.last_result or {}).get("epoch", 0)
+        how = "stopped by ASHA" if epochs < self.max_epochs else "finished"
+        best = self.best.get(trial.trial_id)
+        self._say(
+            f"{trial_name(trial)} {how} after {epochs} epoch(s)"
+            + (f", best {self.metric} {best:.4f}" if best is not None else "")
+        )
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done += 1
+        self._say(f"{trial_name(trial)} FAILED (the sweep goes on); see {trial.local_path}")
 
 
 def make_searcher(space, seed: int) -> Searcher:
+    import warnings
+
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                         group=True, n_startup_trials=5)
-    inner = OptunaSearch(space=space.define_by_run, metric=space.metric, mode=space.mode,
-                         sampler=sampler)
+    # group=True models each branch of a conditional space jointly; Optuna marks it experimental.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    sampler = optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, constant_liar=True, group=True, n_startup_trials=5
+    )
+    inner = OptunaSearch(
+        space=space.define_by_run, metric=space.metric, mode=space.mode, sampler=sampler
+    )
     return WithReferences(inner, references(space))
 
 
 def make_scheduler(space, max_epochs: int) -> ASHAScheduler:
     # time_attr is the epoch each trial reports: Tune does not persist its own counters on resume
-    return ASHAScheduler(time_attr="epoch", metric=space.metric, mode=space.mode, max_t=max_epochs,
-                         grace_period=max(1, max_epochs // 4), reduction_factor=2)
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=space.metric,
+        mode=space.mode,
+        max_t=max_epochs,
+        grace_period=max(1, max_epochs // 4),
+        reduction_factor=2,
+    )
 
 
 def wandb_callbacks(mode: str, project: str, group: str) -> list:
@@ -84,12 +145,21 @@ def wandb_callbacks(mode: str, project: str, group: str) -> list:
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     # upload_timeout bounds how long the end of the sweep waits on W&B (default 30 min).
-    return [WandbLoggerCallback(project=project, group=group, mode=mode, upload_timeout=10,
-                                excludes=["checkpoint_path"])]
+    return [
+        WandbLoggerCallback(
+            project=project, group=group, mode=mode, upload_timeout=10, excludes=["checkpoint_path"]
+        )
+    ]
 
 
-def final_retrain(configs: dict[str, dict], data_cfg: DataConfig, seeds: list[int],
-                  payload_ref: list, train_ref: list, cpus: float) -> dict[str, dict]:
+def final_retrain(
+    configs: dict[str, dict],
+    data_cfg: DataConfig,
+    seeds: list[int],
+    payload_ref: list,
+    train_ref: list,
+    cpus: float,
+) -> dict[str, dict]:
     """Retrain each named config with every seed on the full schedule, in parallel Ray tasks."""
 
     @ray.remote(num_cpus=cpus)
@@ -118,17 +188,31 @@ def final_retrain(configs: dict[str, dict], data_cfg: DataConfig, seeds: list[in
     return out
 
 
-def log_summary_to_wandb(mode: str, project: str, group: str, rows: list[dict], final: dict) -> None:
+def log_summary_to_wandb(
+    mode: str, project: str, group: str, rows: list[dict], final: dict
+) -> None:
     if mode == "disabled":
         return
     import wandb
 
-    run = wandb.init(project=project, group=group, name=f"{group}-summary", job_type="summary",
-                     mode=mode, reinit=True)
+    run = wandb.init(
+        project=project,
+        group=group,
+        name=f"{group}-summary",
+        job_type="summary",
+        mode=mode,
+        reinit=True,
+    )
     table = wandb.Table(columns=["rank", "role", "trial", "best_val_acc", "epochs", "config"])
     for i, r in enumerate(rows, 1):
-        table.add_data(i, r["role"], r["trial_id"], r.get("best_val_acc"), r.get("epochs_run"),
-                       json.dumps(r["config"]))
+        table.add_data(
+            i,
+            r["role"],
+            r["trial_id"],
+            r.get("best_val_acc"),
+            r.get("epochs_run"),
+            json.dumps(r["config"]),
+        )
     final_table = wandb.Table(columns=["config", "test_acc_mean", "test_acc_std", "seeds"])
     for name, e in final.items():
         final_table.add_data(name, e["test_acc_mean"], e["test_acc_std"], len(e["runs"]))
@@ -141,23 +225,34 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     if not ray.is_initialized():
         ray.init(logging_level="ERROR", log_to_driver=False)
     cluster = ray.cluster_resources()
-    resources = for_machine(cluster, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker)
+    resources = for_machine(
+        cluster, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker
+    )
     concurrency = args.max_concurrent or resources.concurrency(cluster)
     max_epochs = space.fixed.get("epochs", DistillConfig().epochs)
-    print(f"sweep {name!r}: {args.num_samples} searched + 2 reference trials, up to {concurrency} at "
-          f"once, {resources.workers} worker(s) x {resources.cpus_per_worker:g} CPU"
-          f"{f' + {resources.gpus_per_worker:g} GPU' if resources.gpus_per_worker else ''} per trial; "
-          f"storage {root}/{name}", flush=True)
+    print(
+        f"sweep {name!r}: {args.num_samples} searched + 2 reference trials, up to {concurrency} at "
+        f"once, {resources.workers} worker(s) x {resources.cpus_per_worker:g} CPU"
+        f"{f' + {resources.gpus_per_worker:g} GPU' if resources.gpus_per_worker else ''} per trial; "
+        f"storage {root}/{name}",
+        flush=True,
+    )
 
     # Arrays every trial reads, put in the object store once. Wrapped in lists so that the refs
     # travel as refs (Ray resolves only top-level refs).
     payload_ref = [ray.put(pack(data))]
     train_ref = [ray.put((data.x_train.numpy(), data.y_train.numpy()))]
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, payload_ref=payload_ref, train_ref=train_ref,
-                             data_cfg=data_cfg.model_dump(), resources=resources, storage=root,
-                             max_failures=1),
-        {"CPU": resources.trial_cpus},
+        tune.with_parameters(
+            trial_driver,
+            payload_ref=payload_ref,
+            train_ref=train_ref,
+            data_cfg=data_cfg.model_dump(),
+            resources=resources,
+            storage=f"{root}/{name}/train-runs",
+            max_failures=1,
+        ),
+        resources.trial_request,
     )
     path = f"{root}/{name}"
     if args.resume and tune.Tuner.can_restore(path):
@@ -166,20 +261,36 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     else:
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=make_searcher(space, args.seed),
-                                        scheduler=make_scheduler(space, max_epochs),
-                                        num_samples=args.num_samples + 2,
-                                        max_concurrent_trials=concurrency),
+            tune_config=tune.TuneConfig(
+                search_alg=make_searcher(space, args.seed),
+                scheduler=make_scheduler(space, max_epochs),
+                num_samples=args.num_samples + 2,
+                max_concurrent_trials=concurrency,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
+            ),
             run_config=tune.RunConfig(
-                name=name, storage_path=root,
-                callbacks=wandb_callbacks(args.wandb, args.wandb_project, name),
+                name=name,
+                storage_path=root,
+                callbacks=[
+                    Progress(args.num_samples + 2, space.metric, max_epochs),
+                    *wandb_callbacks(args.wandb, args.wandb_project, name),
+                ],
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1,
+                verbose=0,  # Progress prints one line per event instead of Tune's tables
             ),
         )
     grid = tuner.fit()
     sweep_s = time.perf_counter() - t_start
+    finished = grid.num_terminated + grid.num_errors
+    if finished < args.num_samples + 2:  # Ctrl-C or a stopped driver: keep what is done
+        print(
+            f"\nsweep interrupted: {finished} of {args.num_samples + 2} trials done, kept in "
+            f"{path}. Continue it with the same command and --resume.",
+            flush=True,
+        )
+        return 130
     rows = summarise(grid, space.metric, space.mode)
     print_leaderboard(rows, space.metric, max_epochs)
     searched = [r for r in rows if r["role"] == "search" and "best_" + space.metric in r]
@@ -193,35 +304,55 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     final = {}
     if args.final_seeds > 0 and configs:
         seeds = list(range(args.final_seeds))
-        print(f"\nfinal stage: retraining {', '.join(configs)} with seeds {seeds} on the full "
-              f"schedule ({max_epochs} epochs)", flush=True)
-        final = final_retrain(configs, data_cfg, seeds, payload_ref, train_ref,
-                              cpus=min(1.0, cluster.get("CPU", 1)))
+        print(
+            f"\nfinal stage: retraining {', '.join(configs)} with seeds {seeds} on the full "
+            f"schedule ({max_epochs} epochs)",
+            flush=True,
+        )
+        final = final_retrain(
+            configs, data_cfg, seeds, payload_ref, train_ref, cpus=min(1.0, cluster.get("CPU", 1))
+        )
     total_s = time.perf_counter() - t_start
     out_dir = Path(root) / name if "://" not in root else Path("runs") / name
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {
-        "name": name, "space": str(space.path), "benchmark": data.meta.name,
-        "student": data.student, "teacher": data.teacher,
-        "labels_per_class": data_cfg.labels_per_class, "metric": space.metric,
-        "trials": rows, "final": final, "sweep_s": sweep_s, "total_s": total_s,
-        "resources": resources.__dict__, "concurrency": concurrency,
+        "name": name,
+        "space": str(space.path),
+        "benchmark": data.meta.name,
+        "student": data.student,
+        "teacher": data.teacher,
+        "labels_per_class": data_cfg.labels_per_class,
+        "metric": space.metric,
+        "trials": rows,
+        "final": final,
+        "sweep_s": sweep_s,
+        "total_s": total_s,
+        "resources": resources.__dict__,
+        "concurrency": concurrency,
         "storage": f"{root}/{name}",
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     if "winner" in configs:
         Experiment(data=data_cfg, distill=DistillConfig.from_dict(configs["winner"])).to_yaml(
-            out_dir / "best.yaml")
+            out_dir / "best.yaml"
+        )
     print_final(final)
     log_summary_to_wandb(args.wandb, args.wandb_project, name, rows, final)
     print(f"\nsweep {sweep_s:.0f} s, total {total_s:.0f} s. Written to {out_dir}:")
-    print(f"  results.json  every trial's config and curve, the final retrain")
+    print("  results.json  every trial's config and curve, the final retrain")
     if "winner" in configs:
-        print(f"  best.yaml     the winner; run it again: python -m cmkd.train --config {out_dir}/best.yaml")
+        print(
+            f"  best.yaml     the winner; run it again: python -m cmkd.train --config {out_dir}/best.yaml"
+        )
     if args.wandb != "disabled":
-        print(f"  W&B ({args.wandb}): project {args.wandb_project!r}, group {name!r}"
-              + (f"; sync later with `wandb sync {out_dir}/wandb/wandb/offline-run-*`"
-                 if args.wandb == "offline" else ""))
+        print(
+            f"  W&B ({args.wandb}): project {args.wandb_project!r}, group {name!r}"
+            + (
+                f"; sync later with `wandb sync {out_dir}/wandb/wandb/offline-run-*`"
+                if args.wandb == "offline"
+                else ""
+            )
+        )
     return 0
 
 
@@ -230,13 +361,17 @@ def print_final(final: dict) -> None:
         return
     print("\n| config | test acc (mean ± std) | via teacher head | seeds |\n|---|---:|---:|---:|")
     for name, e in final.items():
-        print(f"| {name} | {100 * e['test_acc_mean']:.2f} ± {100 * e['test_acc_std']:.2f} | "
-              f"{100 * e['test_acc_teacher_head_mean']:.2f} ± {100 * e['test_acc_teacher_head_std']:.2f} "
-              f"| {len(e['runs'])} |")
+        print(
+            f"| {name} | {100 * e['test_acc_mean']:.2f} ± {100 * e['test_acc_std']:.2f} | "
+            f"{100 * e['test_acc_teacher_head_mean']:.2f} ± {100 * e['test_acc_teacher_head_std']:.2f} "
+            f"| {len(e['runs'])} |"
+        )
     if "winner" in final:
         w = final["winner"]["test_acc_mean"]
         for ref in ("reference-ce", "reference-ucmkd"):
             if ref in final:
                 gain = 100 * (w - final[ref]["test_acc_mean"])
-                label = "no distillation" if ref == "reference-ce" else "the reference UCMKD defaults"
+                label = (
+                    "no distillation" if ref == "reference-ce" else "the reference UCMKD defaults"
+                )
                 print(f"winner vs {label}: {gain:+.2f} test accuracy points")

@@ -37,22 +37,25 @@ class Resources:
     """CPUs each worker holds (fractional on small machines)."""
     gpus_per_worker: float = 0.0
     """GPUs each worker holds: 0 or a whole number (fractional GPUs break NCCL)."""
-    trial_cpus: float = 0.01
-    """What the trial's own actor holds while its workers train (it only waits)."""
+
+    # The trial's own actor only waits for its workers: it holds no CPU (a CPU it held would
+    # starve its workers on a 2-CPU machine). Ray refuses an empty request; memory=1 is not.
+    trial_request = {"memory": 1}
 
     def concurrency(self, cluster: dict) -> int:
         """Trials the cluster can run at once: its CPUs (or GPUs) over one trial's need."""
         if self.gpus_per_worker > 0:
             return max(1, int(cluster.get("GPU", 0) // (self.workers * self.gpus_per_worker)))
-        need = self.workers * self.cpus_per_worker + self.trial_cpus
-        return max(1, int(cluster.get("CPU", 1) // need))
+        return max(1, int(cluster.get("CPU", 1) // (self.workers * self.cpus_per_worker)))
 
 
 def for_machine(cluster: dict, workers: int, gpus_per_worker: float, cpus_per_worker: float | None):
     """Resource requests that start on this cluster: on 2 CPUs, 2 workers get 0.5 CPU each."""
     if gpus_per_worker and gpus_per_worker != int(gpus_per_worker):
-        raise ValueError(f"--gpus-per-worker {gpus_per_worker}: fractional GPUs break DDP "
-                         "(NCCL needs a whole device per rank); use 1")
+        raise ValueError(
+            f"--gpus-per-worker {gpus_per_worker}: fractional GPUs break DDP "
+            "(NCCL needs a whole device per rank); use 1"
+        )
     if cpus_per_worker is None:
         cpus = cluster.get("CPU", 1)
         cpus_per_worker = 1.0 if cpus >= 2 * workers else max(cpus / (2 * workers), 0.1)
@@ -62,11 +65,18 @@ def for_machine(cluster: dict, workers: int, gpus_per_worker: float, cpus_per_wo
 def pack(data: RunData) -> dict:
     """What every trial needs, as plain arrays (put in the object store once per sweep)."""
     return {
-        "meta": data.meta, "student": data.student, "teacher": data.teacher,
-        "x_val": data.x_val.numpy(), "y_val": data.y_val.numpy(),
-        "x_test": data.x_test.numpy(), "y_test": data.y_test.numpy(),
-        "bank_z": data.bank.z, "bank_logits": data.bank.logits, "bank_y": data.bank.y,
-        "bank_head": data.bank.head.state_dict(), "bank_info": data.bank.info,
+        "meta": data.meta,
+        "student": data.student,
+        "teacher": data.teacher,
+        "x_val": data.x_val.numpy(),
+        "y_val": data.y_val.numpy(),
+        "x_test": data.x_test.numpy(),
+        "y_test": data.y_test.numpy(),
+        "bank_z": data.bank.z,
+        "bank_logits": data.bank.logits,
+        "bank_y": data.bank.y,
+        "bank_head": data.bank.head.state_dict(),
+        "bank_info": data.bank.info,
     }
 
 
@@ -76,12 +86,26 @@ def unpack(payload: dict, x_train: np.ndarray, y_train: np.ndarray) -> RunData:
     meta: Meta = payload["meta"]
     head = linear_head(payload["bank_z"].shape[1], meta.num_classes)
     head.load_state_dict(payload["bank_head"])
-    bank = TeacherBank(z=payload["bank_z"], logits=payload["bank_logits"], y=payload["bank_y"],
-                       head=freeze(head), info=payload["bank_info"])
+    bank = TeacherBank(
+        z=payload["bank_z"],
+        logits=payload["bank_logits"],
+        y=payload["bank_y"],
+        head=freeze(head),
+        info=payload["bank_info"],
+    )
     t = torch.tensor  # copies: arrays from the object store are read-only
-    return RunData(meta, payload["student"], payload["teacher"], t(x_train), t(y_train),
-                   t(payload["x_val"]), t(payload["y_val"]), t(payload["x_test"]),
-                   t(payload["y_test"]), bank)
+    return RunData(
+        meta,
+        payload["student"],
+        payload["teacher"],
+        t(x_train),
+        t(y_train),
+        t(payload["x_val"]),
+        t(payload["y_val"]),
+        t(payload["x_test"]),
+        t(payload["y_test"]),
+        bank,
+    )
 
 
 def _train_shard() -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +134,9 @@ def worker_loop(config: dict) -> None:
             run.load_state_dict(torch.load(Path(d) / STATE_FILE, weights_only=False))
     while run.epoch < cfg.epochs:
         metrics = run.run_epoch()
-        metrics.update({f"best_{k}": run.best[k] for k in ("val_acc", "test_acc", "test_acc_teacher_head")})
+        metrics.update(
+            {f"best_{k}": run.best[k] for k in ("val_acc", "test_acc", "test_acc_teacher_head")}
+        )
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
@@ -124,8 +150,17 @@ def train_dataset(x: np.ndarray, y: np.ndarray) -> ray.data.Dataset:
     return ray.data.from_items([{"x": x[i], "y": int(y[i])} for i in range(len(y))])
 
 
-def trial_driver(config: dict, *, payload_ref: list, train_ref: list, data_cfg: dict,
-                 resources: Resources, storage: str, max_failures: int) -> None:
+def trial_driver(
+    config: dict,
+    *,
+    payload_ref: list,
+    train_ref: list,
+    data_cfg: dict,
+    resources: Resources,
+    storage: str,
+    max_failures: int,
+) -> None:
+    # ``storage`` is the sweep's folder: each trial's Train run lives beside Tune's trial dirs.
     """The Tune trainable: one TorchTrainer, named from the trial id so a retry resumes."""
     trial_id = ray.tune.get_context().get_trial_id()
     x_train, y_train = ray.get(train_ref[0])
@@ -140,8 +175,10 @@ def trial_driver(config: dict, *, payload_ref: list, train_ref: list, data_cfg: 
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers,
             use_gpu=resources.gpus_per_worker > 0,
-            resources_per_worker={"CPU": resources.cpus_per_worker,
-                                  **({"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {})},
+            resources_per_worker={
+                "CPU": resources.cpus_per_worker,
+                **({"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {}),
+            },
         ),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",

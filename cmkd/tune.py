@@ -15,47 +15,84 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from cmkd.config import ConfigError, DataConfig, DistillConfig, Experiment
+from cmkd.config import ConfigError, DataConfig, DistillConfig
 
-REFERENCE_UCMKD = {"algorithm": "ucmkd_sum", "fa": "reference_ot", "la": "kappa_reference",
-                   "w_fa": 1.0, "w_la": 1.0, "ot_reg": 0.1, "ot_iters": 100, "grad_clip": 5.0}
+REFERENCE_UCMKD = {
+    "algorithm": "ucmkd_sum",
+    "fa": "reference_ot",
+    "la": "kappa_reference",
+    "w_fa": 1.0,
+    "w_la": 1.0,
+    "ot_reg": 0.1,
+    "ot_iters": 100,
+    "grad_clip": 5.0,
+}
 ROLES = ("reference-ce", "reference-ucmkd", "search")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cmkd.tune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--space", default="default",
-                   help="search space: a name in search_spaces/ or a YAML path (default: default)")
-    p.add_argument("--benchmark", default="avdigits",
-                   help="synth, synth-nohelp, avdigits, or the folder of a built benchmark")
+    p = argparse.ArgumentParser(
+        prog="python -m cmkd.tune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--space",
+        default="default",
+        help="search space: a name in search_spaces/ or a YAML path (default: default)",
+    )
+    p.add_argument(
+        "--benchmark",
+        default="avdigits",
+        help="synth, synth-nohelp, avdigits, or the folder of a built benchmark",
+    )
     p.add_argument("--student", help="student modality (default: the benchmark's second)")
     p.add_argument("--teacher", help="teacher modality (default: the benchmark's first)")
-    p.add_argument("--labels-per-class", default="5", help="labelled student samples per class, or 'all'")
-    p.add_argument("--num-samples", type=int, default=10,
-                   help="trials searched by Optuna, besides the two reference trials (default 10)")
+    p.add_argument(
+        "--labels-per-class", default="5", help="labelled student samples per class, or 'all'"
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=10,
+        help="trials searched by Optuna, besides the two reference trials (default 10)",
+    )
     p.add_argument("--storage", default="runs", help="local folder, s3:// or gs:// (default: runs)")
     p.add_argument("--name", help="sweep name (default: derived from benchmark and space)")
     p.add_argument("--resume", action="store_true", help="continue the sweep of this name")
-    p.add_argument("--wandb", choices=("online", "offline", "disabled"), default="offline",
-                   help="W&B mode; online needs WANDB_API_KEY in the environment (default offline)")
+    p.add_argument(
+        "--wandb",
+        choices=("online", "offline", "disabled"),
+        default="offline",
+        help="W&B mode; online needs WANDB_API_KEY in the environment (default offline)",
+    )
     p.add_argument("--wandb-project", default="cmkd")
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP ranks)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
-    p.add_argument("--cpus-per-worker", type=float, default=None,
-                   help="default: 1, or what fits when the cluster has fewer CPUs")
-    p.add_argument("--max-concurrent", type=int, default=None,
-                   help="trials at once (default: what the cluster holds)")
-    p.add_argument("--final-seeds", type=int, default=3, help="seeds of the final retrain (0: skip)")
+    p.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=None,
+        help="default: 1, or what fits when the cluster has fewer CPUs",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="trials at once (default: what the cluster holds)",
+    )
+    p.add_argument(
+        "--final-seeds", type=int, default=3, help="seeds of the final retrain (0: skip)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="override the space's epochs")
-    p.add_argument("--seed", type=int, default=0, help="seed of the search (TPE) and the data subsample")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the search (TPE) and the data subsample"
+    )
     p.add_argument("--data-root", default="data", help="where built-in benchmarks are built")
     return p.parse_args(argv)
 
@@ -83,8 +120,10 @@ def check_storage(storage: str) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(f"--storage {storage}: cannot write there ({e.strerror}); "
-                          "pick a writable folder or an s3:// / gs:// URI") from None
+        raise ConfigError(
+            f"--storage {storage}: cannot write there ({e.strerror}); "
+            "pick a writable folder or an s3:// / gs:// URI"
+        ) from None
 
 
 def setup_wandb_env(mode: str, root: str, name: str) -> None:
@@ -99,8 +138,12 @@ def setup_wandb_env(mode: str, root: str, name: str) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     if "://" not in root:  # keep W&B's folders inside the sweep, none left in /tmp or ~
         base = Path(root) / name / "wandb"
-        for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", ".cache"),
-                         ("WANDB_CONFIG_DIR", ".config"), ("WANDB_DATA_DIR", ".data")):
+        for var, sub in (
+            ("WANDB_DIR", ""),
+            ("WANDB_CACHE_DIR", ".cache"),
+            ("WANDB_CONFIG_DIR", ".config"),
+            ("WANDB_DATA_DIR", ".data"),
+        ):
             (base / sub).mkdir(parents=True, exist_ok=True)
             os.environ.setdefault(var, str(base / sub))
 
@@ -123,15 +166,23 @@ def summarise(result_grid, metric: str, mode: str) -> list[dict]:
     for r in result_grid:
         df = r.metrics_dataframe
         cfg = r.config or {}
-        row = {"trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name,
-               "role": cfg.get("role", "search"), "config": distill_part(cfg),
-               "error": str(r.error).splitlines()[0][:300] if r.error else None}
+        row = {
+            "trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name,
+            "role": cfg.get("role", "search"),
+            "config": distill_part(cfg),
+            "error": str(r.error).splitlines()[0][:300] if r.error else None,
+        }
         if df is not None and metric in df and len(df):
             best = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
-            row.update({"best_" + metric: float(best[metric]), "best_epoch": int(best["epoch"]),
-                        "epochs_run": int(df["epoch"].max()),
-                        "test_acc_at_best": float(best.get("test_acc", float("nan"))),
-                        "curve": [float(v) for v in df[metric]]})
+            row.update(
+                {
+                    "best_" + metric: float(best[metric]),
+                    "best_epoch": int(best["epoch"]),
+                    "epochs_run": int(df["epoch"].max()),
+                    "test_acc_at_best": float(best.get("test_acc", float("nan"))),
+                    "curve": [float(v) for v in df[metric]],
+                }
+            )
         rows.append(row)
     key = "best_" + metric
     sign = -1 if mode == "max" else 1
@@ -148,7 +199,9 @@ def print_leaderboard(rows: list[dict], metric: str, max_epochs: int, top: int =
         cfg = r["config"]
         vals = [_fmt(cfg.get(k)) for k in shown]
         score = f"{r['best_' + metric]:.4f}" if "best_" + metric in r else "error"
-        print(f"| {i} | {r['role']} | {score} | {r.get('epochs_run', 0)} | " + " | ".join(vals) + " |")
+        print(
+            f"| {i} | {r['role']} | {score} | {r.get('epochs_run', 0)} | " + " | ".join(vals) + " |"
+        )
 
 
 def _fmt(v) -> str:
@@ -166,14 +219,23 @@ def main(argv=None) -> int:
         space = load_space(args.space)
         if args.epochs:
             space = dataclasses.replace(space, fixed={**space.fixed, "epochs": args.epochs})
-        lpc = args.labels_per_class if args.labels_per_class == "all" else int(args.labels_per_class)
-        data_cfg = DataConfig(benchmark=args.benchmark, student=args.student, teacher=args.teacher,
-                              labels_per_class=lpc, data_root=args.data_root)
+        lpc = (
+            args.labels_per_class if args.labels_per_class == "all" else int(args.labels_per_class)
+        )
+        data_cfg = DataConfig(
+            benchmark=args.benchmark,
+            student=args.student,
+            teacher=args.teacher,
+            labels_per_class=lpc,
+            data_root=args.data_root,
+        )
         name, root = sweep_name(args), storage_root(args.storage)
         check_storage(args.storage)
         if "://" not in root and (Path(root) / name).exists() and not args.resume:
-            raise ConfigError(f"sweep {name!r} already exists in {root}; pass --resume to continue "
-                              f"it, or --name to start another")
+            raise ConfigError(
+                f"sweep {name!r} already exists in {root}; pass --resume to continue "
+                f"it, or --name to start another"
+            )
         from cmkd.train import load_run_data
 
         data = load_run_data(data_cfg, seed=args.seed)
