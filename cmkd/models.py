@@ -35,11 +35,17 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 def cnn_encoder(
-    in_shape: tuple[int, ...], *, feature_dim: int = 64, width: int = 32, blocks: int = 2
+    in_shape: tuple[int, ...],
+    *,
+    feature_dim: int = 64,
+    width: int = 32,
+    blocks: int = 2,
+    pool: int = 4,
 ) -> nn.Module:
     """Small CNN for images (C, H, W) or log-mel spectrograms (1, n_mels, frames).
 
-    Conv-BN-ReLU-pool blocks doubling the width, then global average pooling and a linear map.
+    Conv-BN-ReLU-pool blocks doubling the width, average-pooled to a ``pool`` x ``pool`` grid
+    (global pooling would discard where strokes and formants are), then a linear map.
     (B, C, H, W) -> (B, feature_dim).
     """
     if len(in_shape) != 3:
@@ -49,7 +55,10 @@ def cnn_encoder(
         layers.append(_conv_block(c_in, width * 2**i))
         c_in = width * 2**i
     return nn.Sequential(
-        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, feature_dim)
+        *layers,
+        nn.AdaptiveAvgPool2d(pool),
+        nn.Flatten(),
+        nn.Linear(c_in * pool * pool, feature_dim),
     )
 
 

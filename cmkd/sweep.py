@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import statistics
 import time
@@ -117,6 +118,7 @@ def make_searcher(space, seed: int) -> Searcher:
 
     # group=True models each branch of a conditional space jointly; Optuna marks it experimental.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     sampler = optuna.samplers.TPESampler(
         seed=seed, multivariate=True, constant_liar=True, group=True, n_startup_trials=5
@@ -222,6 +224,8 @@ def log_summary_to_wandb(
 
 def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_start: float) -> int:
     """Start (or resume) the sweep on the cluster, then retrain and write the results."""
+    # Tune's own tables would bury the Progress lines; with the legacy output, verbose=0 is silent.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not ray.is_initialized():
         ray.init(logging_level="ERROR", log_to_driver=False)
     cluster = ray.cluster_resources()
