@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from cmkd.config import DataConfig, DistillConfig, Experiment
-from cmkd.trial import for_machine, pack, trial_driver
+from cmkd.trial import Resources, for_machine, pack, trial_driver
 from cmkd.tune import print_leaderboard, references, summarise
 
 
@@ -222,10 +222,38 @@ def log_summary_to_wandb(
     run.finish()
 
 
-def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_start: float) -> int:
-    """Start (or resume) the sweep on the cluster, then retrain and write the results."""
+def ray_env() -> None:
+    """Settings read when Ray starts (a user's own environment wins)."""
+    # Train's controller collects reports when it polls its workers, every 2 s by default: on
+    # short epochs that wait was 10x the epoch itself (benchmarks/results/overhead.md).
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     # Tune's own tables would bury the Progress lines; with the legacy output, verbose=0 is silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def make_trainable(data, data_cfg: DataConfig, resources: Resources, sweep_path: str):
+    """The Tune trainable of a sweep, and the object-store refs of what every trial reads."""
+    # Put once; wrapped in lists so that the refs travel as refs (Ray resolves only top-level ones).
+    payload_ref = [ray.put(pack(data))]
+    train_ref = [ray.put((data.x_train.numpy(), data.y_train.numpy()))]
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            trial_driver,
+            payload_ref=payload_ref,
+            train_ref=train_ref,
+            data_cfg=data_cfg.model_dump(),
+            resources=resources,
+            storage=f"{sweep_path}/train-runs",
+            max_failures=1,
+        ),
+        resources.trial_request,
+    )
+    return trainable, payload_ref, train_ref
+
+
+def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_start: float) -> int:
+    """Start (or resume) the sweep on the cluster, then retrain and write the results."""
+    ray_env()
     if not ray.is_initialized():
         ray.init(logging_level="ERROR", log_to_driver=False)
     cluster = ray.cluster_resources()
@@ -242,22 +270,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         flush=True,
     )
 
-    # Arrays every trial reads, put in the object store once. Wrapped in lists so that the refs
-    # travel as refs (Ray resolves only top-level refs).
-    payload_ref = [ray.put(pack(data))]
-    train_ref = [ray.put((data.x_train.numpy(), data.y_train.numpy()))]
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            trial_driver,
-            payload_ref=payload_ref,
-            train_ref=train_ref,
-            data_cfg=data_cfg.model_dump(),
-            resources=resources,
-            storage=f"{root}/{name}/train-runs",
-            max_failures=1,
-        ),
-        resources.trial_request,
-    )
+    trainable, payload_ref, train_ref = make_trainable(data, data_cfg, resources, f"{root}/{name}")
     path = f"{root}/{name}"
     if args.resume and tune.Tuner.can_restore(path):
         print(f"resuming the sweep in {path}", flush=True)

@@ -225,7 +225,7 @@ class Run:
         self.step = make_step(cfg.algorithm, **cfg.step_kwargs())
         bank = data.bank
         self.sampler = BankSampler(bank.y, data.meta.num_classes, cfg.seed * 1000 + rank)
-        self.bank_t = tuple(torch.from_numpy(a) for a in (bank.z, bank.logits, bank.y))
+        self.bank_t = tuple(torch.tensor(a) for a in (bank.z, bank.logits, bank.y))
         self.epoch, self.best, self.history = 0, None, []
 
     def train_epoch(self) -> dict[str, float]:
