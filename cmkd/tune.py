@@ -218,10 +218,21 @@ def main(argv=None) -> int:
 
         space = load_space(args.space)
         if args.epochs:
+            DistillConfig.from_dict({"epochs": args.epochs}, source="--epochs")
+            if "epochs" in space.names:
+                raise ConfigError(f"--epochs: {space.path} searches epochs; drop one of the two")
             space = dataclasses.replace(space, fixed={**space.fixed, "epochs": args.epochs})
+        if args.labels_per_class != "all" and not args.labels_per_class.isdigit():
+            raise ConfigError(
+                f"--labels-per-class {args.labels_per_class!r}: expected a whole number of "
+                "labelled samples per class, or 'all'"
+            )
         lpc = (
             args.labels_per_class if args.labels_per_class == "all" else int(args.labels_per_class)
         )
+        from cmkd.trial import for_machine
+
+        for_machine({}, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker)
         data_cfg = DataConfig(
             benchmark=args.benchmark,
             student=args.student,

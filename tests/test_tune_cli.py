@@ -1,0 +1,100 @@
+"""`python -m cmkd.tune` refuses bad input before any Ray work, naming what to fix."""
+
+import pytest
+
+from cmkd import tune
+from cmkd.trial import Resources, for_machine
+
+
+@pytest.fixture()
+def synth(tmp_path):
+    from cmkd.data.synth import build_synth
+
+    out = tmp_path / "synth"
+    build_synth(out, "synth", train_per_class=20, val_per_class=5, test_per_class=5)
+    return out
+
+
+def run(capsys, *argv):
+    code = tune.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_unknown_space_is_named_with_the_available_ones(capsys, tmp_path):
+    code, err = run(capsys, "--space", "defualt", "--storage", str(tmp_path))
+    assert (
+        code == 2 and "no search space named 'defualt'" in err and "did you mean 'default'" in err
+    )
+
+
+def test_bad_space_file_is_named(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  w_fa: {loguniform: [0, 1]}\n")
+    code, err = run(capsys, "--space", str(bad), "--storage", str(tmp_path))
+    assert code == 2 and "bad.yaml: params.w_fa.loguniform: low must be > 0" in err
+
+
+def test_unwritable_storage_is_refused(capsys, tmp_path, synth):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, err = run(
+        capsys, "--space", "smoke", "--benchmark", str(synth), "--storage", str(blocker / "runs")
+    )
+    assert code == 2 and "cannot write there" in err
+
+
+def test_existing_sweep_needs_resume_or_a_new_name(capsys, tmp_path, synth):
+    (tmp_path / "taken").mkdir()
+    code, err = run(
+        capsys,
+        "--space",
+        "smoke",
+        "--benchmark",
+        str(synth),
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "taken",
+    )
+    assert code == 2 and "already exists" in err and "--resume" in err
+
+
+def test_missing_benchmark_folder_is_named(capsys, tmp_path):
+    code, err = run(
+        capsys,
+        "--space",
+        "smoke",
+        "--benchmark",
+        str(tmp_path / "nope"),
+        "--storage",
+        str(tmp_path),
+    )
+    assert code == 2 and "not a built-in" in err and "nope" in err
+
+
+def test_bad_labels_per_class_is_named(capsys, tmp_path, synth):
+    code, err = run(
+        capsys,
+        "--space",
+        "smoke",
+        "--benchmark",
+        str(synth),
+        "--storage",
+        str(tmp_path),
+        "--labels-per-class",
+        "lots",
+    )
+    assert code == 2 and "--labels-per-class" in err
+
+
+def test_resources_fit_a_two_cpu_machine():
+    two = {"CPU": 2.0}
+    one_worker = for_machine(two, 1, 0.0, None)
+    assert one_worker.cpus_per_worker == 1.0 and one_worker.concurrency(two) == 2
+    two_workers = for_machine(two, 2, 0.0, None)  # 2 workers on 2 CPUs: half a CPU each, 2 trials
+    assert two_workers.cpus_per_worker == 0.5 and two_workers.concurrency(two) == 2
+    assert "CPU" not in Resources().trial_request  # the waiting trial actor holds no CPU
+    gpus = for_machine({"CPU": 16.0, "GPU": 4.0}, 2, 1.0, None)
+    assert gpus.concurrency({"CPU": 16.0, "GPU": 4.0}) == 2
+    with pytest.raises(ValueError, match="fractional GPUs break DDP"):
+        for_machine(two, 2, 0.5, None)
