@@ -165,15 +165,10 @@ def fa_only_step(
     w_fa: float = 1.0,
     grad_clip: float | None = None,
 ):
-    """Cross-entropy plus feature alignment only."""
-    z_s = student.features(batch.x_s)
-    terms = {
-        "ce": F.cross_entropy(student.head(z_s), batch.y_s),
-        "fa": fa(z_s, batch.z_t, batch.y_s, batch.y_t),
-    }
-    loss = _total(terms, {"fa": w_fa})
-    _update(opt, loss, student, grad_clip)
-    return _report(loss, terms)
+    """Cross-entropy plus feature alignment only (UCMKD's sum with label alignment off)."""
+    return ucmkd_sum_step(
+        student, h_t, opt, batch, fa=fa, la=None, w_fa=w_fa, w_la=0.0, grad_clip=grad_clip
+    )
 
 
 def ucmkd_sum_step(
@@ -183,7 +178,7 @@ def ucmkd_sum_step(
     batch: Batch,
     *,
     fa: FeatureTerm,
-    la: LabelTerm,
+    la: LabelTerm | None,
     w_fa: float = 1.0,
     w_la: float = 1.0,
     grad_clip: float | None = 5.0,
