@@ -63,3 +63,20 @@ def test_bad_command_line_names_the_problem(bench, capsys):
     assert "unknown key 'distill.epsilom' (did you mean 'epsilon'?)" in capsys.readouterr().out
     assert train.main(["--benchmark", "nowhere"]) == 2
     assert "not a built-in" in capsys.readouterr().out
+
+
+def test_experiment_file_runs_again(bench, tmp_path, capsys):
+    """A sweep's best.yaml (data + distill) is a runnable experiment."""
+    from cmkd.config import Experiment
+
+    path = tmp_path / "best.yaml"
+    Experiment(
+        data=DataConfig(benchmark=str(bench), labels_per_class=2),
+        distill=DistillConfig(
+            algorithm="ucmkd_sum", fa="mmd", epochs=1, steps_per_epoch=2, batch_size=8
+        ),
+    ).to_yaml(path)
+    assert train.main(["--config", str(path), "--no-reference"]) == 0
+    out = capsys.readouterr().out
+    assert "| ucmkd_sum |" in out and "ce (no distillation)" not in out
+    assert "student b (20 labelled)" in out
