@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -129,9 +129,29 @@ def make_searcher(space, seed: int) -> Searcher:
     return WithReferences(inner, references(space))
 
 
+class SearchOnlyASHA(ASHAScheduler):
+    """ASHA over the searched trials; the reference trials always run their whole schedule
+    and stay out of the rungs (a baseline cut at epoch 2 would be no baseline)."""
+
+    @staticmethod
+    def _reference(trial) -> bool:
+        return trial.config.get("role", "search") != "search"
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if self._reference(trial):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if self._reference(trial):
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
+
 def make_scheduler(space, max_epochs: int) -> ASHAScheduler:
     # time_attr is the epoch each trial reports: Tune does not persist its own counters on resume
-    return ASHAScheduler(
+    return SearchOnlyASHA(
         time_attr="epoch",
         metric=space.metric,
         mode=space.mode,

@@ -73,6 +73,7 @@ def test_smoke_sweep_runs_searches_stops_logs_and_writes_results(bench, tmp_path
     assert next(t for t in trials if t["role"] == "reference-ce")["config"]["algorithm"] == "ce"
     # ASHA stopped at least one trial before the last epoch, and said so
     assert any(t["epochs_run"] < 3 for t in trials), [t["epochs_run"] for t in trials]
+    assert all(t["epochs_run"] == 3 for t in trials if t["role"] != "search")  # never cut
     assert "stopped by ASHA" in out
     # the search explored: searched trials differ from each other
     searched = [json.dumps(t["config"], sort_keys=True) for t in trials if t["role"] == "search"]
