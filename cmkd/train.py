@@ -132,6 +132,10 @@ def load_run_data(cfg: DataConfig, seed: int = 0, log=print) -> RunData:
     )
 
 
+# The student is the small model: half the teacher CNN's channels (a quarter of its FLOPs).
+STUDENT_ENCODER = {"cnn": {"width": 16}, "mlp": {"hidden": 128}}
+
+
 def make_student(data: RunData, cfg: DataConfig) -> Student:
     kind = default_encoder(data.in_shape) if cfg.encoder == "auto" else cfg.encoder
     return build_student(
@@ -140,6 +144,7 @@ def make_student(data: RunData, cfg: DataConfig) -> Student:
         data.meta.num_classes,
         feature_dim=cfg.feature_dim or data.bank.feature_dim,
         teacher_dim=data.bank.feature_dim,
+        **STUDENT_ENCODER.get(kind, {}),
     )
 
 
