@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -254,6 +255,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     setup_wandb_env(args.wandb, root, name)
+    # `ray job stop`, a scheduler or `kill` send SIGTERM: exit through Python so that the local
+    # Ray cluster this process started is shut down, not left holding the machine.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from cmkd.sweep import run_sweep
 
     return run_sweep(args, space, data_cfg, data, name, root, t_start)
