@@ -139,7 +139,10 @@ class SearchOnlyASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result):
         if self._reference(trial):
-            return TrialScheduler.CONTINUE
+            # At max_t ASHA stops every trial; letting a trial end on its own instead left its
+            # Train run reporting into a removed placement group (the trial hung, RUNNING).
+            done = result.get(self._time_attr, 0) >= self._max_t
+            return TrialScheduler.STOP if done else TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result):

@@ -24,10 +24,10 @@ def test_references_run_on_while_poor_searched_trials_stop():
     assert (
         asha.on_trial_result(None, poor_search, {"epoch": 1, "val_acc": 0.1}) == TrialScheduler.STOP
     )
-    for epoch in range(1, 9):  # the reference trial is never stopped, even past max_t
-        assert (
-            asha.on_trial_result(None, poor_ref, {"epoch": epoch, "val_acc": 0.1})
-            == TrialScheduler.CONTINUE
-        )
+    for epoch in range(1, 8):  # the reference trial is never cut short...
+        result = {"epoch": epoch, "val_acc": 0.1}
+        assert asha.on_trial_result(None, poor_ref, result) == TrialScheduler.CONTINUE
+    # ...and ends at max_t as every trial does
+    assert asha.on_trial_result(None, poor_ref, {"epoch": 8, "val_acc": 0.1}) == TrialScheduler.STOP
     asha.on_trial_complete(None, poor_ref, {"epoch": 8, "val_acc": 0.1})
     assert poor_ref.trial_id not in asha._trial_info
