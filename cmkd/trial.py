@@ -9,6 +9,7 @@ training itself is :class:`cmkd.train.Run`, which knows nothing of Ray.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,3 +190,21 @@ def trial_driver(
         datasets={"train": train_dataset(x_train, y_train)},
     )
     trainer.fit()
+    _drain_reports()
+
+
+def _drain_reports(timeout_s: float = 30.0) -> None:
+    """Wait until Tune has taken every report the Train run forwarded.
+
+    The forwarding queue holds one report; when the last epochs report in quick succession and
+    the trial function returns at once, the last report was left in it: Tune never saw the
+    final epoch and the trial stayed RUNNING for ever. Returning only once the queue is empty
+    lets Tune's own loop (which drains it while the function runs) take that report.
+    """
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    queue = session._get_or_create_inter_actor_queue() if session is not None else None
+    deadline = time.monotonic() + timeout_s
+    while queue is not None and not queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
