@@ -141,10 +141,12 @@ def main(argv=None) -> None:
     p.add_argument(
         "--budget", type=float, default=3.0, help="seconds per term before stopping repeats"
     )
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    torch.set_num_threads(os.cpu_count() or 1)
+    # One thread: a shared 2-core machine time-slices two threads badly (matmul 100x slower seen)
+    torch.set_num_threads(args.threads)
     rows = run(args.batches, args.dims, device, args.repeats, args.budget)
     text = table(rows, device)
     print(text)

@@ -7,6 +7,9 @@ instances), or rows drawn independently of labels. The bank directory holds
     bank.parquet  id, label, z (fixed-size float32 [D]), logits (fixed-size float32 [C])
     head.pt       the teacher head h_t (a linear layer), the only teacher part a trial runs
     bank.json     provenance: benchmark name and fingerprint, teacher modality, sizes
+
+:mod:`cmkd.teacher` writes it, computing the rows in process or through Ray Data
+(``--engine ray``: ``map_batches`` actors that load the teacher once, on GPUs with ``--gpu``).
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ class TeacherBank:
             if not (directory / name).is_file():
                 raise BankError(
                     f"{directory / name}: missing; build the bank with "
-                    f"`python -m cmkd.teacher --benchmark ... --out {directory}`"
+                    f"`python -m cmkd.teacher --benchmark ... --modality ... --out {directory}`"
                 )
         info = json.loads((directory / INFO_FILE).read_text())
         if fingerprint is not None and info.get("fingerprint") != fingerprint:
@@ -97,12 +100,17 @@ class TeacherBank:
             )
         table = pq.read_table(directory / BANK_FILE)
         d, c = info["feature_dim"], info["num_classes"]
-        z = table.column("z").combine_chunks().flatten().to_numpy().reshape(-1, d)
-        logits = table.column("logits").combine_chunks().flatten().to_numpy().reshape(-1, c)
+        # Copies: arrays read from parquet are read-only, and torch.from_numpy warns on those.
+        z = table.column("z").combine_chunks().flatten().to_numpy().reshape(-1, d).copy()
+        logits = table.column("logits").combine_chunks().flatten().to_numpy().reshape(-1, c).copy()
         head = linear_head(d, c)
         head.load_state_dict(torch.load(directory / HEAD_FILE, weights_only=True))
         return cls(
-            z=z, logits=logits, y=table.column("label").to_numpy(), head=freeze(head), info=info
+            z=z,
+            logits=logits,
+            y=table.column("label").to_numpy().copy(),
+            head=freeze(head),
+            info=info,
         )
 
     @property

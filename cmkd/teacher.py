@@ -1,8 +1,11 @@
 """Train the teacher on its own modality, then write its bank (features and logits, once).
 
     python -m cmkd.teacher --benchmark data/avdigits --modality image --out data/avdigits/teacher-image
+    python -m cmkd.teacher ... --engine ray [--gpu]     # the bank through Ray Data map_batches
 
 The teacher is selected by best validation accuracy and frozen; only its head ships with the bank.
+With ``--engine ray`` the bank rows are computed by Ray Data actors that read the split's parquet
+file and load the teacher once each (on a GPU with ``--gpu``); the default runs it in process.
 """
 
 from __future__ import annotations
@@ -15,15 +18,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cmkd.bank import write_bank
-from cmkd.data import load_split, validate_benchmark
+from cmkd.data import load_split, split_path, validate_benchmark
 from cmkd.models import build_encoder, linear_head
 
 TEACHER_FILE = "teacher.pt"
+ENGINES = ("local", "ray")
+# Teacher architecture per encoder kind. Three conv blocks, not two: with two, global pooling
+# sees 7x7 patches and the avdigits teachers stopped at 90% (images) and 42% (audio).
+ARCHITECTURE: dict[str, dict] = {"cnn": {"width": 32, "blocks": 3}, "mlp": {}}
 
 
 def default_encoder(in_shape: tuple[int, ...]) -> str:
@@ -38,6 +47,27 @@ def benchmark_fingerprint(directory: str | Path) -> str:
     for f in sorted(directory.glob("*.parquet")):
         h.update(f"{f.name}:{f.stat().st_size}".encode())
     return h.hexdigest()[:16]
+
+
+def build_teacher(spec: dict) -> nn.Sequential:
+    """Encoder + linear head from a teacher spec (the ``spec`` saved in teacher.pt)."""
+    encoder = build_encoder(
+        spec["encoder"],
+        tuple(spec["in_shape"]),
+        feature_dim=spec["feature_dim"],
+        **spec.get("encoder_kwargs", {}),
+    )
+    return nn.Sequential(encoder, linear_head(spec["feature_dim"], spec["num_classes"]))
+
+
+def load_teacher(checkpoint: str | Path | dict) -> tuple[nn.Module, nn.Linear, dict]:
+    """(encoder, head, spec) of a saved teacher, in eval mode. checkpoint: teacher.pt or its dict."""
+    if not isinstance(checkpoint, dict):
+        checkpoint = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    model = build_teacher(checkpoint["spec"])
+    model.load_state_dict(checkpoint["state"])
+    model.eval()
+    return model[0], model[1], checkpoint["spec"]
 
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
@@ -63,10 +93,95 @@ def encode(encoder: nn.Module, head: nn.Module, x: np.ndarray, batch_size: int =
     encoder.eval()
     zs, logits = [], []
     for i in range(0, len(x), batch_size):
-        z = encoder(torch.from_numpy(x[i : i + batch_size]))
+        z = encoder(torch.tensor(x[i : i + batch_size]))  # a copy: parquet arrays are read-only
         zs.append(z.numpy())
         logits.append(head(z).numpy())
     return np.concatenate(zs), np.concatenate(logits)
+
+
+class TeacherEncoder:
+    """Ray Data ``map_batches`` callable: loads the teacher once per actor, encodes batches.
+
+    A batch is a pyarrow table with ``id`` and ``x`` (the split's fixed-size list column); the
+    result holds ``id``, ``z`` (B, D) and ``logits`` (B, C) float32.
+    """
+
+    def __init__(self, teacher_file: str, use_gpu: bool = False, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        encoder, head, spec = load_teacher(teacher_file)
+        self.encoder, self.head = encoder.to(self.device), head.to(self.device)
+        self.in_shape = tuple(spec["in_shape"])
+
+    @torch.no_grad()
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        x = batch.column("x").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        x = torch.tensor(x.reshape(-1, *self.in_shape), device=self.device)  # (B, *in_shape)
+        z = self.encoder(x)  # (B, D)
+        return {
+            "id": np.asarray(batch.column("id").to_pylist(), dtype=object),
+            "z": z.cpu().numpy(),
+            "logits": self.head(z).cpu().numpy(),
+        }
+
+
+def encode_ray(
+    teacher_file: str | Path,
+    split_file: str | Path,
+    *,
+    batch_size: int = 512,
+    concurrency: int = 1,
+    num_cpus: float = 1.0,
+    use_gpu: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher features and logits of a split file through Ray Data: the same arrays as
+    :func:`encode` on that split's x, in the file's row order. -> (N, D), (N, C) float32.
+
+    ``read_parquet`` streams the split to ``concurrency`` actors, each loading teacher.pt once
+    (``num_gpus=1`` each with ``use_gpu``, else ``num_cpus`` each, and as many torch threads).
+    Both files must be readable from every node (a shared or cloud path on a cluster). Starts
+    a local Ray instance when none is running. On a machine with few CPUs leave one CPU free
+    for the read tasks: actors holding every CPU leave the reads unscheduled, and it hangs.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level="ERROR", log_to_driver=False)
+    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": num_cpus}
+    ctx = ray.data.DataContext.get_current()
+    progress, ctx.enable_progress_bars = ctx.enable_progress_bars, False
+    try:
+        ds = ray.data.read_parquet(str(split_file)).select_columns(["id", "x"])
+        if concurrency > 1:  # a split is one file and one block: cut it so every actor gets work
+            ds = ds.repartition(target_num_rows_per_block=batch_size)
+        ds = ds.map_batches(
+            TeacherEncoder,
+            fn_constructor_kwargs={
+                "teacher_file": str(teacher_file),
+                "use_gpu": use_gpu,
+                "threads": max(1, int(num_cpus)),
+            },
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+            **resources,
+        )
+        parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    finally:
+        ctx.enable_progress_bars = progress
+    ids = np.concatenate([p["id"] for p in parts]).astype(str)
+    z = np.concatenate([p["z"] for p in parts]).astype(np.float32, copy=False)
+    logits = np.concatenate([p["logits"] for p in parts]).astype(np.float32, copy=False)
+    # Actors finish blocks in any order: put the rows back in the file's order, by id.
+    file_ids = np.asarray(pq.read_table(split_file, columns=["id"]).column("id").to_pylist())
+    by_id = np.argsort(ids)
+    rows = by_id[np.searchsorted(ids, file_ids, sorter=by_id).clip(max=len(ids) - 1)]
+    if len(ids) != len(file_ids) or not np.array_equal(ids[rows], file_ids):
+        raise RuntimeError(
+            f"{split_file}: Ray Data returned {len(ids)} rows that do not match its "
+            f"{len(file_ids)} ids"
+        )
+    return z[rows], logits[rows]
 
 
 def train_teacher(
@@ -77,22 +192,35 @@ def train_teacher(
     feature_dim: int = 64,
     epochs: int = 15,
     lr: float = 1e-3,
-    batch_size: int = 128,
+    batch_size: int = 64,
     seed: int = 0,
+    engine: str = "local",
+    use_gpu: bool = False,
     log=print,
 ) -> dict:
     """Train encoder + linear head on ``modality``'s train split; write the teacher and its bank.
 
-    Returns the teacher's validation and test accuracy and the timings.
+    The bank is computed in process (``engine="local"``) or through Ray Data (``"ray"``, on GPU
+    actors with ``use_gpu``; see :func:`encode_ray`). Returns the teacher's validation and test
+    accuracy and the timings.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: expected one of {list(ENGINES)}")
     torch.manual_seed(seed)
     meta = validate_benchmark(benchmark, [modality])
     shape = meta.shapes[modality]
     train, val, test = (load_split(benchmark, modality, s, meta) for s in ("train", "val", "test"))
     kind = default_encoder(shape)
-    encoder = build_encoder(kind, shape, feature_dim=feature_dim)
-    head = linear_head(feature_dim, meta.num_classes)
-    model = nn.Sequential(encoder, head)
+    spec = {
+        "encoder": kind,
+        "encoder_kwargs": ARCHITECTURE.get(kind, {}),
+        "in_shape": list(shape),
+        "feature_dim": feature_dim,
+        "num_classes": meta.num_classes,
+        "modality": modality,
+    }
+    model = build_teacher(spec)
+    encoder, head = model[0], model[1]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr * 3, total_steps=epochs * -(-len(train) // batch_size)
@@ -114,21 +242,20 @@ def train_teacher(
             f"teacher[{modality}] epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}  val acc {acc:.4f}"
         )
     model.load_state_dict(best_state)
+    model.eval()
     test_acc = _accuracy(model, torch.tensor(test.x), torch.tensor(test.y))
     train_s = time.perf_counter() - t0
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "encoder": kind,
-        "in_shape": list(shape),
-        "feature_dim": feature_dim,
-        "num_classes": meta.num_classes,
-        "modality": modality,
-    }
     torch.save({"spec": spec, "state": model.state_dict()}, out / TEACHER_FILE)
     t1 = time.perf_counter()
-    z, logits = encode(encoder, head, train.x)
+    if engine == "ray":
+        z, logits = encode_ray(
+            out / TEACHER_FILE, split_path(benchmark, modality, "train"), use_gpu=use_gpu
+        )
+    else:
+        z, logits = encode(encoder, head, train.x)
     bank_s = time.perf_counter() - t1
     result = {
         "modality": modality,
@@ -137,6 +264,7 @@ def train_teacher(
         "train_s": train_s,
         "bank_rows": len(z),
         "bank_s": bank_s,
+        "engine": engine,
     }
     write_bank(
         out,
@@ -166,9 +294,20 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--feature-dim", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="compute the bank in this process (local) or with Ray Data map_batches (ray)",
+    )
+    p.add_argument(
+        "--gpu", action="store_true", help="with --engine ray: one GPU per map_batches actor"
+    )
     args = p.parse_args(argv)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if args.gpu and args.engine != "ray":
+        p.error("--gpu needs --engine ray")
     result = train_teacher(
         args.benchmark,
         args.modality,
@@ -176,7 +315,10 @@ def main(argv=None) -> None:
         feature_dim=args.feature_dim,
         epochs=args.epochs,
         lr=args.lr,
+        batch_size=args.batch_size,
         seed=args.seed,
+        engine=args.engine,
+        use_gpu=args.gpu,
     )
     print(json.dumps(result, indent=2))
 
