@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 
-.PHONY: install test test-fast tune train lint format bench clean
+.PHONY: install test test-fast tune train lint format bench clean submit resume status logs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,29 @@ format: install
 
 bench: install
 	$(BIN)/python -m benchmarks.losses
+
+# A sweep on a Ray cluster's job server (RAY_ADDRESS, default http://127.0.0.1:8265), see
+# cluster/README.md. Submitting the same NAME again resumes it.
+#   make submit NAME=sk1 ARGS="--space sinkhorn --storage s3://bucket/sweeps --gpus-per-worker 1"
+#   make status NAME=sk1;  make logs NAME=sk1;  make resume NAME=sk1
+# DRIVER_RESOURCE=cmkd_driver keeps the sweep driver on the nodes of cluster/*.yaml that have it.
+SUBMIT := $(BIN)/python cluster/submit.py
+DRIVER := $(if $(DRIVER_RESOURCE),--driver-resource '$(DRIVER_RESOURCE)')
+
+submit: install
+	$(SUBMIT) submit $(DRIVER) -- $(if $(NAME),--name '$(NAME)') $(ARGS)
+
+resume: install
+	@test -n "$(NAME)" || { echo "usage: make resume NAME=<sweep name>"; exit 2; }
+	$(SUBMIT) resume $(DRIVER) '$(NAME)'
+
+status: install
+	@test -n "$(NAME)" || { echo "usage: make status NAME=<sweep name>"; exit 2; }
+	$(SUBMIT) status '$(NAME)'
+
+logs: install
+	@test -n "$(NAME)" || { echo "usage: make logs NAME=<sweep name>"; exit 2; }
+	$(SUBMIT) logs --follow '$(NAME)'
 
 clean:
 	rm -rf $(VENV) .pytest_cache
