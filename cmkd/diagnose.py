@@ -1,0 +1,372 @@
+"""Before a sweep: is distillation from this teacher likely to help this student?
+
+    python -m cmkd.diagnose --benchmark synth
+    python -m cmkd.diagnose --benchmark avdigits --teacher image --student audio --labels-per-class 5
+
+The paper bounds the student's error by the teacher's error plus a feature-alignment term (how
+far the student's class-conditional feature distributions are from the teacher's) and a
+label-alignment term (how well the teacher head reads the student's features). Distillation can
+only help when both can be made small, i.e. when the class structure the teacher's features
+encode is one the student's modality also shows. This command estimates both in minutes:
+
+1. a student encoder is warmed up briefly with cross-entropy on its few labels;
+2. its features are mapped into the teacher's feature space by the best rotation and scale
+   (orthogonal Procrustes) fitted on the *labelled* class means only;
+3. on the student's validation split, FA is the class-conditional debiased Sinkhorn divergence
+   (and MMD) between the mapped student features and the teacher bank, on L2-normalised
+   features (as the training losses do); LA is the teacher head's accuracy on the mapped
+   features and KL(teacher-head reading ‖ student head);
+4. the same numbers with the teacher's classes randomly relabelled (the rotation refitted to the
+   shuffled class correspondence) are the reference: with a random correspondence a rotation
+   still aligns some of the geometry, so what matters is how far the true correspondence does
+   better. The teacher's own between-class divergence and a random-init student are printed
+   as scales too.
+
+Verdict: "likely to help" when both FA and LA are clearly better under the true correspondence
+than under shuffled ones, "unlikely" when neither is, "unclear" otherwise. The maths here knows
+nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cmkd import losses
+from cmkd.config import ConfigError, DataConfig, DistillConfig
+from cmkd.methods import evaluate, teacher_head_logits
+from cmkd.train import Run, RunData, load_run_data
+
+Z_HELPS = 2.0
+"""How many standard deviations of the shuffled-correspondence reference a quantity must beat."""
+
+
+def class_means(z: Tensor, y: Tensor, num_classes: int) -> Tensor:
+    """Mean feature of every class. z: (N, D), y: (N,) -> (C, D) (zeros for an absent class)."""
+    onehot = F.one_hot(y, num_classes).to(z.dtype)  # (N, C)
+    return (onehot.T @ z) / onehot.sum(0).clamp_min(1)[:, None]
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """x -> scale * (x - mu_s) @ rot + mu_t: the student-to-teacher map of :func:`procrustes`."""
+
+    rot: Tensor  # (D, D) orthogonal
+    scale: float
+    mu_s: Tensor  # (D,)
+    mu_t: Tensor  # (D,)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.scale * (z - self.mu_s) @ self.rot + self.mu_t
+
+
+def procrustes(m_s: Tensor, m_t: Tensor) -> Similarity:
+    """Best rotation and scale taking the student's class means onto the teacher's.
+
+    min over orthogonal R and s of ‖s (m_s − μ_s) R − (m_t − μ_t)‖²: with U Σ Vᵀ = svd(A_sᵀ A_t)
+    of the centred means, R = U Vᵀ and s = tr Σ / ‖A_s‖². A rotation keeps the student's class
+    geometry; only a geometry the two modalities share can be aligned by it.
+    m_s, m_t: (C, D) -> Similarity.
+    """
+    mu_s, mu_t = m_s.mean(0), m_t.mean(0)
+    a_s, a_t = m_s - mu_s, m_t - mu_t
+    u, sig, vh = torch.linalg.svd(a_s.T @ a_t)
+    scale = float(sig.sum() / (a_s**2).sum().clamp_min(1e-12))
+    return Similarity(u @ vh, scale, mu_s, mu_t)
+
+
+@torch.no_grad()
+def alignment(
+    z_fit: Tensor,
+    y_fit: Tensor,
+    z_s: Tensor,
+    y_s: Tensor,
+    logits_s: Tensor,
+    z_t: Tensor,
+    y_t: Tensor,
+    h_t: torch.nn.Module,
+    num_classes: int,
+    *,
+    perm: Tensor | None = None,
+    epsilon: float = 0.1,
+) -> dict[str, float]:
+    """The two quantities for one class correspondence (teacher labels ``y_t``).
+
+    z_fit, y_fit: (n, D), (n,) labelled student features the map is fitted on; z_s, y_s:
+    (N, D), (N,) held-out student features and labels, logits_s: (N, C) their student-head
+    logits; z_t, y_t: (M, D), (M,) teacher bank features and their labels in the student's class
+    space: ``perm[j]`` (C,) is the student class matched to the teacher head's class j
+    (identity when None), so y_t = perm[teacher label]. Returns fa_sinkhorn, fa_mmd
+    (class-conditional, normalised features), la_acc (teacher head on the mapped features),
+    la_kl (KL(h_t reading ‖ student head), nats).
+    """
+    sim = procrustes(class_means(z_fit, y_fit, num_classes), class_means(z_t, y_t, num_classes))
+    mapped = sim(z_s)
+    fa_s = losses.sinkhorn_divergence(
+        mapped, z_t, y_s=y_s, y_t=y_t, class_conditional=True, epsilon=epsilon
+    )
+    fa_m = losses.mmd(mapped, z_t, y_s=y_s, y_t=y_t, class_conditional=True)
+    read = teacher_head_logits(h_t, mapped)  # (N, C), in the teacher head's class order
+    if perm is not None:  # column perm[j] of the student's order is the head's class j
+        read = read[:, torch.argsort(perm)]
+    kl = F.kl_div(
+        F.log_softmax(logits_s, -1), F.log_softmax(read, -1), log_target=True, reduction="batchmean"
+    )
+    return {
+        "fa_sinkhorn": float(fa_s),
+        "fa_mmd": float(fa_m),
+        "la_acc": float((read.argmax(-1) == y_s).float().mean()),
+        "la_kl": float(kl),
+    }
+
+
+@dataclass
+class Diagnosis:
+    """What :func:`diagnose` measured, and its verdict."""
+
+    benchmark: str
+    student: str
+    teacher: str
+    labels_per_class: int | str
+    num_classes: int
+    true: dict[str, float]
+    """FA and LA under the true class correspondence (warmed-up student)."""
+    shuffled_mean: dict[str, float]
+    shuffled_std: dict[str, float]
+    """The same under random relabellings of the teacher's classes."""
+    random_init: dict[str, float]
+    """The same for an untrained student (true correspondence)."""
+    teacher_between_class: float
+    """Sinkhorn divergence between the teacher's class c and class c+1 features (a scale)."""
+    teacher_head_acc: float
+    """The teacher head on the teacher's own bank features (LA's ceiling)."""
+    student_val_acc: float
+    """The warmed-up student's own head on its validation split."""
+    z: dict[str, float] = field(default_factory=dict)
+    """(true − shuffled mean) / shuffled std for each quantity."""
+    verdict: str = ""
+    reasons: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        """One number for ranking regimes: FA's and LA's advantage of the true correspondence
+        in standard deviations of the shuffled reference (higher: distillation more promising)."""
+        return -self.z["fa_sinkhorn"] + self.z["la_acc"]
+
+
+def _features(run: Run, x: Tensor) -> tuple[Tensor, Tensor]:
+    student = run.student
+    was = student.training
+    student.eval()
+    with torch.no_grad():
+        z = torch.cat([student.features(x[i : i + 512]) for i in range(0, len(x), 512)])
+        logits = student.head(z)
+    student.train(was)
+    return z, logits
+
+
+def _bank_subset(data: RunData, per_class: int, seed: int) -> tuple[Tensor, Tensor]:
+    rng = np.random.default_rng(seed)
+    y = data.bank.y
+    idx = np.concatenate(
+        [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)]
+    )
+    return torch.tensor(data.bank.z[idx]), torch.tensor(y[idx])
+
+
+def diagnose(
+    data: RunData,
+    data_cfg: DataConfig | None = None,
+    *,
+    warmup_epochs: int = 10,
+    steps_per_epoch: int = 20,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    permutations: int = 20,
+    bank_per_class: int = 100,
+    eval_rows: int = 2000,
+    seed: int = 0,
+    log=print,
+) -> Diagnosis:
+    """Estimate feature and label alignment for ``data`` (see the module docstring)."""
+    t0 = time.perf_counter()
+    c = data.meta.num_classes
+    cfg = DistillConfig(
+        algorithm="ce",
+        epochs=warmup_epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+    )
+    fresh = Run(cfg, data, data_cfg)
+    run = Run(cfg, data, data_cfg)
+    for _ in range(warmup_epochs):
+        m = run.run_epoch()
+    log(f"CE warm-up: {warmup_epochs} epochs, student val acc {m['val_acc']:.3f}")
+
+    x_val, y_val = data.x_val[:eval_rows], data.y_val[:eval_rows]
+    z_t, y_t = _bank_subset(data, bank_per_class, seed)
+    h_t = data.bank.head
+
+    def measure(r: Run, perm: np.ndarray | None = None) -> dict[str, float]:
+        z_fit, _ = _features(r, data.x_train)
+        z_s, logits_s = _features(r, x_val)
+        p = None if perm is None else torch.tensor(perm)
+        y_teacher = y_t if p is None else p[y_t]
+        return alignment(z_fit, data.y_train, z_s, y_val, logits_s, z_t, y_teacher, h_t, c, perm=p)
+
+    true = measure(run)
+    rng = np.random.default_rng(seed + 1)
+    # A shuffled correspondence moves every class (no fixed point): otherwise part of it is true.
+    perms = []
+    while len(perms) < permutations:
+        p = rng.permutation(c)
+        if (p != np.arange(c)).all():
+            perms.append(p)
+    shuffled = [measure(run, p) for p in perms]
+    keys = list(true)
+    mean = {k: float(np.mean([s[k] for s in shuffled])) for k in keys}
+    std = {k: float(np.std([s[k] for s in shuffled], ddof=1)) for k in keys}
+    z = {k: (true[k] - mean[k]) / max(std[k], 1e-12) for k in keys}
+
+    between = float(
+        losses.sinkhorn_divergence(z_t, z_t, y_s=y_t, y_t=(y_t + 1) % c, class_conditional=True)
+    )
+    head_acc = float((teacher_head_logits(h_t, z_t).argmax(-1) == y_t).float().mean())
+    d = Diagnosis(
+        benchmark=data.meta.name,
+        student=data.student,
+        teacher=data.teacher,
+        labels_per_class=len(data.y_train) // c,
+        num_classes=c,
+        true=true,
+        shuffled_mean=mean,
+        shuffled_std=std,
+        random_init=measure(fresh),
+        teacher_between_class=between,
+        teacher_head_acc=head_acc,
+        student_val_acc=float(evaluate(run.student, h_t, x_val, y_val)["acc"]),
+        z=z,
+    )
+    d.verdict, d.reasons = verdict(d)
+    d.seconds = time.perf_counter() - t0
+    return d
+
+
+def verdict(d: Diagnosis) -> tuple[str, list[str]]:
+    """'likely to help' / 'unclear' / 'unlikely to help', with the reasons in words."""
+    fa_ok = d.z["fa_sinkhorn"] <= -Z_HELPS
+    la_ok = d.z["la_acc"] >= Z_HELPS
+    reasons = [
+        f"feature alignment: the true class correspondence gives a class-conditional Sinkhorn "
+        f"divergence of {d.true['fa_sinkhorn']:.4f} against {d.shuffled_mean['fa_sinkhorn']:.4f} "
+        f"± {d.shuffled_std['fa_sinkhorn']:.4f} for shuffled ones (z = {d.z['fa_sinkhorn']:+.1f}; "
+        f"{'aligned' if fa_ok else 'no better than chance'})",
+        f"label alignment: the teacher head reads the mapped student features at "
+        f"{100 * d.true['la_acc']:.1f}% accuracy against {100 * d.shuffled_mean['la_acc']:.1f}% "
+        f"± {100 * d.shuffled_std['la_acc']:.1f} for shuffled correspondences (z = "
+        f"{d.z['la_acc']:+.1f}; chance {100 / d.num_classes:.0f}%, teacher on its own features "
+        f"{100 * d.teacher_head_acc:.1f}%)",
+    ]
+    if fa_ok and la_ok:
+        return "likely to help", reasons
+    if not fa_ok and not la_ok:
+        return "unlikely to help", reasons
+    return "unclear", reasons
+
+
+def format_diagnosis(d: Diagnosis) -> str:
+    rows = [
+        ("FA: class-cond. Sinkhorn div. ↓", "fa_sinkhorn", 1, ".4f"),
+        ("FA: class-cond. MMD² ↓", "fa_mmd", 1, ".4f"),
+        ("LA: teacher-head acc. (%) ↑", "la_acc", 100, ".1f"),
+        ("LA: KL(h_t reading ‖ h_s) ↓", "la_kl", 1, ".3f"),
+    ]
+    out = [
+        f"benchmark {d.benchmark}: teacher {d.teacher} -> student {d.student}, "
+        f"{d.labels_per_class} labels per class, {d.num_classes} classes",
+        "",
+        "| quantity | warmed-up student | shuffled classes (mean ± std) | z | random-init student |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, k, mul, fmt in rows:
+        out.append(
+            f"| {label} | {mul * d.true[k]:{fmt}} | {mul * d.shuffled_mean[k]:{fmt}} ± "
+            f"{mul * d.shuffled_std[k]:{fmt}} | {d.z[k]:+.1f} | {mul * d.random_init[k]:{fmt}} |"
+        )
+    out += [
+        "",
+        f"scales: teacher between-class Sinkhorn divergence {d.teacher_between_class:.4f}; "
+        f"teacher head on its own features {100 * d.teacher_head_acc:.1f}%; chance "
+        f"{100 / d.num_classes:.1f}%; warmed-up student's own val acc {100 * d.student_val_acc:.1f}%",
+        "",
+        f"verdict: distillation {d.verdict} (score {d.score:+.1f})",
+        *[f"  - {r}" for r in d.reasons],
+        f"({d.seconds:.0f} s)",
+    ]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m cmkd.diagnose",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--benchmark", default="synth", help="synth, synth-nohelp, avdigits, or a built folder"
+    )
+    p.add_argument("--teacher", help="teacher modality (default: the benchmark's first)")
+    p.add_argument("--student", help="student modality (default: the benchmark's second)")
+    p.add_argument("--labels-per-class", default="5", help="labelled student samples per class")
+    p.add_argument("--warmup-epochs", type=int, default=10)
+    p.add_argument("--steps-per-epoch", type=int, default=20)
+    p.add_argument("--permutations", type=int, default=20, help="shuffled correspondences")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--json", help="also write the numbers as JSON here")
+    args = p.parse_args(argv)
+    try:
+        lpc = args.labels_per_class
+        if lpc != "all" and not lpc.isdigit():
+            raise ConfigError(f"--labels-per-class {lpc!r}: expected a whole number or 'all'")
+        data_cfg = DataConfig(
+            benchmark=args.benchmark,
+            teacher=args.teacher,
+            student=args.student,
+            labels_per_class=lpc if lpc == "all" else int(lpc),
+            data_root=args.data_root,
+        )
+        data = load_run_data(data_cfg, args.seed)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.manual_seed(args.seed)
+    d = diagnose(
+        data,
+        data_cfg,
+        warmup_epochs=args.warmup_epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        permutations=args.permutations,
+        seed=args.seed,
+    )
+    print(format_diagnosis(d))
+    if args.json:
+        Path(args.json).write_text(json.dumps({**asdict(d), "score": d.score}, indent=2))
+        print(f"numbers written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
