@@ -174,7 +174,8 @@ def to_study(sweep: dict, storage=None):
 
     A trial's value is its best metric over the epochs it ran (what the sweep ranks by);
     every epoch is an intermediate value; ASHA's stop shows in the user attribute
-    ``stopped_by_asha``. Failed trials are FAIL, trials with no report yet are RUNNING.
+    ``stopped_by_asha``. Failed trials are FAIL; while the sweep runs (no results.json yet),
+    trials with no report yet are RUNNING.
     """
     import optuna
     from optuna.trial import TrialState, create_trial
@@ -203,8 +204,8 @@ def to_study(sweep: dict, storage=None):
             for k, d in dists.items()
             if k in t["config"] and _contains(d, t["config"][k])
         }
-        if t.get("error") or ("best" not in t and t["epochs_run"] == 0 and t["history"]):
-            state, value = TrialState.FAIL, None
+        if t.get("error") or ("best" not in t and sweep["results"] is not None):
+            state, value = TrialState.FAIL, None  # failed, or never reported in a finished sweep
         elif "best" not in t:
             state, value = TrialState.RUNNING, None
         else:

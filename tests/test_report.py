@@ -163,3 +163,17 @@ def test_wandb_offline_logs_the_report_without_network(sweep, monkeypatch):
     runs = list((page.parent / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert any(f.suffix == ".wandb" and f.stat().st_size > 0 for f in runs[0].iterdir())
+
+
+def test_report_of_a_sweep_without_results_json(sweep):
+    """While a sweep runs there is no results.json: the report still renders from the trial
+    folders, with the space's parameters inferred from the values the trials took."""
+    (sweep / "results.json").unlink()
+    text = report.make_report(sweep).read_text()
+    assert "no final retrain" in text
+    s = load_sweep(sweep)
+    assert s["space"] is None and s["max_epochs"] == 4
+    study = report.to_study(s)
+    assert len(study.trials) == 6
+    assert {"w_fa", "mmd_multiplier", "la"} <= set(study.trials[0].distributions)
+    assert_not_blank(sweep / "report" / "parallel.png")
