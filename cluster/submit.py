@@ -151,6 +151,9 @@ def submit(c, tune_args: list[str], wait: bool, driver_resource: str | None) -> 
         raise SubmitError(f"job id {job_id} is taken by a job of another sweep; rename the sweep")
     command = entrypoint(tune_args, name)
     resources = {"entrypoint_resources": {driver_resource: 1}} if driver_resource else {}
+    dead = [j.job_id for j in before if j.job_id]
+    if dead:
+        release(c, dead, f"{job_id}-release", resources)
     c.submit_job(
         entrypoint=command,
         submission_id=job_id,
@@ -164,6 +167,45 @@ def submit(c, tune_args: list[str], wait: bool, driver_resource: str | None) -> 
         print(f"watch it with: python cluster/submit.py logs {name} --follow")
         return 0
     return follow(c, job_id)
+
+
+def release(c, dead_jobs: list[str], job_id: str, resources: dict) -> None:
+    """Free what earlier attempts still hold, before the next one starts.
+
+    A sweep stopped while a trial was starting its Ray Train workers can leave that worker
+    group's placement group behind after its job has ended (seen with Ray 2.60): its CPUs or
+    GPUs stay reserved and the resumed sweep's trials time out waiting for them. Removing a
+    placement group needs a Ray driver on the cluster, so this runs as a small job of its own.
+    """
+    c.submit_job(
+        entrypoint=shlex.join(["python", "cluster/submit.py", "release", *dead_jobs]),
+        submission_id=job_id,
+        runtime_env=runtime_env(),
+        **resources,
+    )
+    status = wait_terminal(c, job_id, timeout=300)
+    out = c.get_job_logs(job_id).strip().splitlines()
+    print(out[-1] if status == "SUCCEEDED" and out else f"job {job_id}: {status}", flush=True)
+
+
+def release_placement_groups(dead_jobs: list[str]) -> int:
+    """Inside the cluster: remove the placement groups that these ended jobs created."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.state import list_placement_groups
+
+    ray.init(logging_level="ERROR", log_to_driver=False)
+    left = [
+        p
+        for p in list_placement_groups(limit=100_000, raise_on_missing_output=False)
+        if p.creator_job_id in dead_jobs and p.state != "REMOVED"
+    ]
+    for p in left:
+        remove_placement_group(
+            PlacementGroup(ray.PlacementGroupID(bytes.fromhex(p.placement_group_id)))
+        )
+    print(f"released {len(left)} placement group(s) left by the earlier attempts")
+    return 0
 
 
 def follow(c, job_id: str) -> int:
@@ -255,11 +297,15 @@ def parse_args(argv):
     sub.add_parser("stop", help="stop the running attempt; resume continues it").add_argument(
         "name"
     )
+    rel = sub.add_parser("release", help="(runs on the cluster) free ended jobs' placement groups")
+    rel.add_argument("job_ids", nargs="+")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.command == "release":
+        return release_placement_groups(args.job_ids)
     try:
         c = client(args.address)
         if args.command == "submit":

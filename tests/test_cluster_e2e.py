@@ -87,7 +87,10 @@ def head():
     ]  # fmt: skip
     log = open(Path(temp) / "ray-start.log", "w")
     proc = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT)
-    env = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dash}"}  # for the job client only
+    # The job client gets the address, and the token but not RAY_AUTH_MODE: submit.py must
+    # turn token authentication on by itself, as `ray start` did.
+    env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+    env["RAY_ADDRESS"] = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 90
         while True:  # the job server answers once the dashboard is up
@@ -169,6 +172,8 @@ def test_submit_stop_and_resubmit_a_sweep_through_the_job_server(head, bench, tm
     code, out = submit(head, "submit", "--", *tune_args)
     assert code == 0, out[-4000:]
     assert "resuming sweep 'jobs' as job cmkd-jobs-2" in out
+    # what the stopped attempt may still hold is freed first, by a small job on the cluster
+    assert re.search(r"released \d+ placement group\(s\) left by the earlier attempts", out), out
     assert "resuming the sweep in" in out and "job cmkd-jobs-2: SUCCEEDED" in out
     for name in finished_before:  # finished trials are not started again
         assert f"start {name}:" not in out
