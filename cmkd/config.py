@@ -177,6 +177,11 @@ class DataConfig(BaseModel):
     """Student feature size before the projection (default: the teacher's)."""
     data_root: str = "data"
     """Folder where built-in benchmarks and teacher banks are built and cached."""
+    loading: Literal["auto", "memory", "stream"] = "auto"
+    """Labelled student rows held in memory, or streamed from parquet each epoch; auto decides
+    by their size (``stream_above_mb``)."""
+    stream_above_mb: float = Field(1024.0, gt=0)
+    """With loading auto: stream when the labelled rows' features exceed this many MiB."""
 
     @classmethod
     def model_validate_strict(cls, data: Any, source: str) -> DataConfig:

@@ -264,6 +264,7 @@ def make_trainable(data, data_cfg: DataConfig, resources: Resources, sweep_path:
             trial_driver,
             payload_ref=payload_ref,
             train_ref=train_ref,
+            stream=data.train_stream,
             data_cfg=data_cfg.model_dump(),
             resources=resources,
             storage=f"{sweep_path}/train-runs",

@@ -10,9 +10,10 @@ The teacher is never run here: its features and logits come from the bank, built
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,17 @@ import yaml
 
 from cmkd.bank import BankSampler, TeacherBank
 from cmkd.config import ConfigError, DataConfig, DistillConfig, Experiment
-from cmkd.data import Meta, load_split, subsample_per_class, validate_benchmark
+from cmkd.data import (
+    Meta,
+    load_split,
+    scan_labels,
+    split_path,
+    subsample_per_class,
+    validate_benchmark,
+)
 from cmkd.methods import Batch, evaluate, make_step
 from cmkd.models import Student, build_student
+from cmkd.stream import TrainStream, local_batches, should_stream
 from cmkd.teacher import benchmark_fingerprint, default_encoder, train_teacher
 
 
@@ -73,7 +82,8 @@ def ensure_bank(benchmark: Path, modality: str, log=print) -> Path:
 class RunData:
     """Everything a run reads: the student's splits (train subsampled) and the teacher bank.
 
-    x_*: (N, *in_shape) float32 tensors, y_*: (N,) int64 tensors.
+    x_*: (N, *in_shape) float32 tensors, y_*: (N,) int64 tensors. When the labelled rows are
+    streamed, ``train_stream`` says where they are and x_train/y_train are empty.
     """
 
     meta: Meta
@@ -86,6 +96,7 @@ class RunData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     bank: TeacherBank
+    train_stream: TrainStream | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -115,20 +126,37 @@ def load_run_data(cfg: DataConfig, seed: int = 0, log=print) -> RunData:
     bank = TeacherBank.load(
         ensure_bank(bench, teacher, log), fingerprint=benchmark_fingerprint(bench)
     )
-    train, val, test = (load_split(bench, student, s, meta) for s in ("train", "val", "test"))
-    idx = subsample_per_class(train.y, cfg.labels_per_class, seed)
+    ids, y = scan_labels(bench, student, "train", meta)
+    idx = subsample_per_class(y, cfg.labels_per_class, seed)
+    shape = meta.shapes[student]
+    stream = TrainStream(
+        str(split_path(bench, student, "train")),
+        tuple(shape),
+        None if len(idx) == len(y) else frozenset(ids[idx].tolist()),
+        len(idx),
+    )
+    if should_stream(cfg.loading, stream.nbytes, cfg.stream_above_mb):
+        log(
+            f"streaming {stream.rows} labelled rows ({stream.nbytes / 2**20:.0f} MiB) from {stream.path}"
+        )
+        x_train, y_train = np.zeros((0, *shape), np.float32), np.zeros(0, np.int64)
+    else:
+        train, stream = load_split(bench, student, "train", meta), None
+        x_train, y_train = train.x[idx], train.y[idx]
+    val, test = (load_split(bench, student, s, meta) for s in ("val", "test"))
     t = torch.tensor  # a copy: arrays read from parquet are not writable
     return RunData(
         meta,
         student,
         teacher,
-        t(train.x[idx]),
-        t(train.y[idx]),
+        t(x_train),
+        t(y_train),
         t(val.x),
         t(val.y),
         t(test.x),
         t(test.y),
         bank,
+        stream,
     )
 
 
@@ -232,22 +260,37 @@ class Run:
         self.sampler = BankSampler(bank.y, data.meta.num_classes, cfg.seed * 1000 + rank)
         self.bank_t = tuple(torch.tensor(a) for a in (bank.z, bank.logits, bank.y))
         self.epoch, self.best, self.history = 0, None, []
+        self.batch_source: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        """Where streamed (x, y) batches come from; a Ray Train worker sets its shard's."""
+        if data.train_stream is not None:
+            self.batch_source = lambda: local_batches(data.train_stream, cfg.batch_size, self.rng)
+
+    def _batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's labelled (x, y) batches: index batches of the rows in memory, or a pass
+        over the streamed rows (at most ``steps_per_epoch`` batches of it)."""
+        if self.batch_source is not None:
+            return itertools.islice(self.batch_source(), self.cfg.steps_per_epoch)
+        data = self.data
+        return (
+            (data.x_train[idx], data.y_train[idx])
+            for idx in train_batches(
+                len(data.y_train), self.cfg.batch_size, self.cfg.steps_per_epoch, self.rng
+            )
+        )
 
     def train_epoch(self) -> dict[str, float]:
         z_bank, logits_bank, y_bank = self.bank_t
-        data, sums = self.data, {}
-        batches = train_batches(
-            len(data.y_train), self.cfg.batch_size, self.cfg.steps_per_epoch, self.rng
-        )
-        for idx in batches:
-            y_s = data.y_train[idx]
+        sums, steps, rows_seen = {}, 0, 0
+        for x_s, y_s in self._batches():
             rows = torch.from_numpy(self.sampler.class_matched(y_s.numpy()))
             # index_select: advanced indexing of the bank took ~1000x longer at batch 256 under load
             z_t, y_t, logits_t = (t.index_select(0, rows) for t in (z_bank, y_bank, logits_bank))
-            batch = Batch(data.x_train[idx], y_s, z_t, y_t, logits_t)
+            batch = Batch(x_s, y_s, z_t, y_t, logits_t)
             for k, v in self.step(self.student, self.data.bank.head, self.opt, batch).items():
                 sums[k] = sums.get(k, 0.0) + v
-        return {f"train_{k}": v / max(len(batches), 1) for k, v in sums.items()}
+            steps, rows_seen = steps + 1, rows_seen + len(y_s)
+        out = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+        return {**out, "train_rows": rows_seen}
 
     def _score(self, split: str) -> dict[str, float]:
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
@@ -280,6 +323,7 @@ class Run:
         t0 = time.perf_counter()
         self.epoch += 1
         metrics = {"epoch": self.epoch, **self.train_epoch(), **self.evaluate()}
+        metrics["train_rows"] = int(_all_sum([metrics["train_rows"]], self.world)[0])
         metrics["epoch_s"] = time.perf_counter() - t0
         self.history.append(metrics)
         if self.best is None or metrics["val_acc"] > self.best["val_acc"]:

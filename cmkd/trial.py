@@ -23,6 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from cmkd.bank import TeacherBank
 from cmkd.config import DataConfig, DistillConfig
 from cmkd.data import Meta
+from cmkd.stream import TrainStream, table_to_xy
 from cmkd.train import Run, RunData
 
 STATE_FILE = "state.pt"
@@ -78,6 +79,7 @@ def pack(data: RunData) -> dict:
         "bank_y": data.bank.y,
         "bank_head": data.bank.head.state_dict(),
         "bank_info": data.bank.info,
+        "train_stream": data.train_stream,
     }
 
 
@@ -106,6 +108,7 @@ def unpack(payload: dict, x_train: np.ndarray, y_train: np.ndarray) -> RunData:
         t(payload["x_test"]),
         t(payload["y_test"]),
         bank,
+        payload["train_stream"],
     )
 
 
@@ -119,6 +122,23 @@ def _train_shard() -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
 
 
+def _shard_batches(batch_size: int, seed: int):
+    """A pass over this rank's streamed shard as (x, y) tensors (Ray Data reads ahead)."""
+    shard = ray.train.get_dataset_shard("train")
+
+    def batches():
+        for b in shard.iter_batches(
+            batch_size=batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=max(8 * batch_size, 1024),
+            local_shuffle_seed=seed,
+        ):
+            if len(b["y"]) > 1:  # BatchNorm needs two rows
+                yield torch.from_numpy(b["x"]), torch.from_numpy(b["y"])
+
+    return batches
+
+
 def worker_loop(config: dict) -> None:
     """Runs on every Train worker: restore, then train, evaluate, report and checkpoint per epoch."""
     torch.set_num_threads(1)  # one thread per worker: oversubscribed threads ran 7-30x slower
@@ -126,9 +146,14 @@ def worker_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = DistillConfig.from_dict(config["distill"], source="trial config")
     payload = ray.get(config["payload"][0])
-    x_train, y_train = _train_shard()
-    data = unpack(payload, x_train, y_train)
+    streamed = payload["train_stream"] is not None
+    x_train, y_train = (
+        (np.zeros(0, np.float32), np.zeros(0, np.int64)) if streamed else _train_shard()
+    )
+    data = unpack(payload, x_train.reshape(-1, *payload["x_val"].shape[1:]), y_train)
     run = Run(cfg, data, DataConfig.model_validate(config["data"]), rank=rank, world=world)
+    if streamed:
+        run.batch_source = _shard_batches(cfg.batch_size, cfg.seed * 1000 + rank)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -146,9 +171,21 @@ def worker_loop(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
 
 
-def train_dataset(x: np.ndarray, y: np.ndarray) -> ray.data.Dataset:
-    """The labelled student rows as a Ray Dataset, split across the trial's workers."""
-    return ray.data.from_items([{"x": x[i], "y": int(y[i])} for i in range(len(y))])
+def train_dataset(x: np.ndarray, y: np.ndarray, stream: TrainStream | None) -> ray.data.Dataset:
+    """The labelled student rows as a Ray Dataset, split across the trial's workers: the rows in
+    memory, or (streamed) a lazy ``read_parquet`` of the student's table, filtered to the
+    labelled subset and decoded to x (n, *shape) float32, y (n,) int64 block by block."""
+    if stream is None:
+        return ray.data.from_items([{"x": x[i], "y": int(y[i])} for i in range(len(y))])
+    columns = ["id", "label", "x"] if stream.ids is not None else ["label", "x"]
+
+    def decode(table):
+        x, y = table_to_xy(table, stream.shape, stream.ids)
+        return {"x": x, "y": y}
+
+    return ray.data.read_parquet(stream.path, columns=columns).map_batches(
+        decode, batch_format="pyarrow"
+    )
 
 
 def trial_driver(
@@ -156,6 +193,7 @@ def trial_driver(
     *,
     payload_ref: list,
     train_ref: list,
+    stream: TrainStream | None,
     data_cfg: dict,
     resources: Resources,
     storage: str,
@@ -187,7 +225,7 @@ def trial_driver(
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=[TuneReportCallback()],
         ),
-        datasets={"train": train_dataset(x_train, y_train)},
+        datasets={"train": train_dataset(x_train, y_train, stream)},
     )
     trainer.fit()
     _drain_reports()

@@ -95,6 +95,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--seed", type=int, default=0, help="seed of the search (TPE) and the data subsample"
     )
     p.add_argument("--data-root", default="data", help="where built-in benchmarks are built")
+    p.add_argument(
+        "--data-loading",
+        choices=("auto", "memory", "stream"),
+        default="auto",
+        help="labelled student rows held in each worker's memory, or streamed from parquet "
+        "through Ray Data every epoch; auto streams above --stream-above-mb (default auto)",
+    )
+    p.add_argument("--stream-above-mb", type=float, default=1024.0, metavar="MB")
     return p.parse_args(argv)
 
 
@@ -240,6 +248,8 @@ def main(argv=None) -> int:
             teacher=args.teacher,
             labels_per_class=lpc,
             data_root=args.data_root,
+            loading=args.data_loading,
+            stream_above_mb=args.stream_above_mb,
         )
         name, root = sweep_name(args), storage_root(args.storage)
         check_storage(args.storage)

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 META_FILE = "meta.json"
+ROW_GROUP_BYTES = 64 * 2**20
 _MODALITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -99,11 +100,15 @@ def write_split(
     y: np.ndarray,
     ids: Sequence[str],
     groups: Sequence[str] | None = None,
+    *,
+    row_group_rows: int | None = None,
 ) -> Path:
     """Write one modality's split as parquet.
 
     x: (N, *shape) floating, stored as float32; y: (N,) integer; ids: N unique strings;
-    groups: N strings or None. The shape goes into the field metadata of x.
+    groups: N strings or None. The shape goes into the field metadata of x. Row groups hold
+    ``row_group_rows`` rows (default: about 64 MiB of features each), the unit a streamed
+    epoch reads at a time.
     """
     path = Path(path)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -131,7 +136,9 @@ def write_split(
         fields.append(pa.field("group", pa.string(), nullable=False))
     table = pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields))
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd")
+    if row_group_rows is None:
+        row_group_rows = max(1, ROW_GROUP_BYTES // (4 * math.prod(shape)))
+    pq.write_table(table, path, compression="zstd", row_group_size=row_group_rows)
     return path
 
 
@@ -217,6 +224,53 @@ def load_split(directory: str | Path, modality: str, split: str, meta: Meta | No
     Checks the schema, nulls, non-finite features, the label range and duplicate ids.
     Returns x: (N, *shape) float32, y: (N,) int64, ids: (N,) str, groups: (N,) str or None.
     """
+    path, shape, columns = _open_split(directory, modality, split, meta)
+    meta = meta or read_meta(directory)
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(path, f"unreadable parquet data ({err})") from None
+    if table.num_rows == 0:
+        raise DataError(path, "expected at least one row, found none", column="label")
+    ids, y, x = _checked_rows(path, table, shape, meta)
+    _check_unique_ids(path, ids)
+    groups = None
+    if "group" in columns:
+        groups = np.asarray(table.column("group").to_pylist(), dtype=str)
+    return Split(x=x, y=y, ids=ids, groups=groups, path=path)
+
+
+def scan_labels(
+    directory: str | Path,
+    modality: str,
+    split: str,
+    meta: Meta | None = None,
+    *,
+    chunk_rows: int = 65_536,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and labels of a split, with every check of :func:`load_split`, reading the file
+    ``chunk_rows`` rows at a time: memory stays bounded for tables larger than memory.
+
+    Returns ids: (N,) str, y: (N,) int64.
+    """
+    path, shape, columns = _open_split(directory, modality, split, meta)
+    meta = meta or read_meta(directory)
+    ids_all, y_all = [], []
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
+            ids, y, _ = _checked_rows(path, pa.Table.from_batches([batch]), shape, meta)
+            ids_all.append(ids)
+            y_all.append(y)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(path, f"unreadable parquet data ({err})") from None
+    if not y_all or sum(len(y) for y in y_all) == 0:
+        raise DataError(path, "expected at least one row, found none", column="label")
+    ids = np.concatenate(ids_all)
+    _check_unique_ids(path, ids)
+    return ids, np.concatenate(y_all)
+
+
+def _open_split(directory, modality: str, split: str, meta: Meta | None):
     meta = meta or read_meta(directory)
     if modality not in meta.shapes:
         raise DataError(
@@ -229,29 +283,23 @@ def load_split(directory: str | Path, modality: str, split: str, meta: Meta | No
     schema = _read_schema(path)
     _check_schema(path, schema, shape)
     columns = ["id", "label", "x"] + (["group"] if "group" in schema.names else [])
-    try:
-        table = pq.read_table(path, columns=columns)
-    except (pa.ArrowException, OSError) as err:
-        raise DataError(path, f"unreadable parquet data ({err})") from None
-    if table.num_rows == 0:
-        raise DataError(path, "expected at least one row, found none", column="label")
-    for name in columns:
+    return path, shape, columns
+
+
+def _checked_rows(path: Path, table: pa.Table, shape: tuple[int, ...], meta: Meta):
+    """ids, y, x of a table (or a chunk of one) after the per-row checks: nulls, finite
+    features, labels in range."""
+    for name in table.column_names:
         if table.column(name).null_count:
             nulls = table.column(name).null_count
             raise DataError(path, f"expected no nulls, found {nulls}", column=name)
-
     ids = np.asarray(table.column("id").to_pylist(), dtype=str)
     y = table.column("label").to_numpy().astype(np.int64)
-    x_column = table.column("x").combine_chunks()
-    values = x_column.flatten()
+    values = table.column("x").combine_chunks().flatten()
     if values.null_count:
         raise DataError(path, f"expected no null values, found {values.null_count}", column="x")
     x = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     x = x.reshape((table.num_rows, *shape))
-    groups = None
-    if "group" in columns:
-        groups = np.asarray(table.column("group").to_pylist(), dtype=str)
-
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
@@ -270,6 +318,10 @@ def load_split(directory: str | Path, modality: str, split: str, meta: Meta | No
             f"in {int(out_of_range.sum())} rows",
             column="label",
         )
+    return ids, y, x
+
+
+def _check_unique_ids(path: Path, ids: np.ndarray) -> None:
     unique, counts = np.unique(ids, return_counts=True)
     if len(unique) != len(ids):
         dup = unique[counts > 1]
@@ -279,14 +331,13 @@ def load_split(directory: str | Path, modality: str, split: str, meta: Meta | No
             f"(e.g. {str(dup[0])!r} x{counts.max()})",
             column="id",
         )
-    return Split(x=x, y=y, ids=ids, groups=groups, path=path)
 
 
 def validate_benchmark(directory: str | Path, modalities: Sequence[str] | None = None) -> Meta:
     """Check every file of a benchmark before any training; raise DataError on the first problem.
 
     Cheap checks first: meta.json, then every file's presence and schema (parquet footers only),
-    then the columns of each file, then across files: every class has a row in each train
+    then the rows of each file (read in bounded chunks), then across files: every class has a row in each train
     split, and each split holds the same label set in every modality.
     """
     meta = read_meta(directory)
@@ -306,7 +357,7 @@ def validate_benchmark(directory: str | Path, modalities: Sequence[str] | None =
     labels: dict[tuple[str, str], set[int]] = {}
     for m in modalities:
         for s in SPLITS:
-            labels[m, s] = set(np.unique(load_split(directory, m, s, meta).y).tolist())
+            labels[m, s] = set(np.unique(scan_labels(directory, m, s, meta)[1]).tolist())
 
     for m in modalities:
         missing = sorted(set(range(meta.num_classes)) - labels[m, "train"])
