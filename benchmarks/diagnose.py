@@ -81,6 +81,7 @@ def mean_sd(xs: list[float], mul: float = 100.0) -> str:
 
 
 def run_regime(regime: str, seeds: list[int], data_root: Path, lpc: int) -> dict:
+    """Diagnose and train every config with every seed on ``regime``."""
     data_cfg = DataConfig(benchmark=regime, labels_per_class=lpc, data_root=str(data_root))
     diags, runs = [], {name: [] for name in CONFIGS}
     for seed in seeds:
@@ -144,20 +145,22 @@ def report(results: dict, tune: dict, args, minutes: float) -> str:
         f"average {min(LOADS):.1f} to {max(LOADS):.1f} (median {statistics.median(LOADS):.1f}): "
         "other jobs shared the machine.",
         "",
-        f"Command: `python -m benchmarks.diagnose --seeds {' '.join(map(str, args.seeds))}"
-        f"{' --tune' if args.tune else ''}`. Student b, teacher a, {args.labels_per_class} labels "
+        f"Command: `python -m benchmarks.diagnose --seeds {' '.join(map(str, args.seeds))} "
+        f"--epochs {args.epochs} --steps {args.steps}{' --tune' if args.tune else ''}`. Student b, teacher a, {args.labels_per_class} labels "
         "per class. Diagnostic: `cmkd.diagnose` defaults (10 CE warm-up epochs × 20 steps, 20 "
         "shuffled class correspondences), one per seed; z is (true − shuffled mean) / shuffled "
         "std, score = −z(FA) + z(LA). Outcome: CE and "
         f"{len(CONFIGS) - 1} distillation configs ({', '.join(n for n in CONFIGS if n != 'ce')}) "
         f"on the default space's schedule ({SCHEDULE}), every seed on the same labelled subsample; "
         "the winner is the distillation config with the best mean validation accuracy (as a sweep "
-        "picks it); gain = its test accuracy minus CE's, paired by seed (mean ± standard error).",
+        "picks it); gain = its test accuracy minus CE's, paired by seed (mean ± standard error); "
+        "the gain via teacher head reads the winner out through the teacher head instead. "
+        "'Agrees': 'likely to help' with a gain above 2 standard errors, or 'unlikely' without.",
         "",
         "| regime | FA Sinkhorn: true / shuffled (z) | LA teacher-head acc %: true / shuffled (z) "
         "| score | verdicts (per seed) | CE test % | winner (by val) | winner test % | gain, points "
-        "| sweep gain, points | verdict agrees |",
-        "|---|---|---|---:|---|---:|---|---:|---:|---:|---|",
+        "| gain via teacher head, points | sweep gain, points | verdict agrees |",
+        "|---|---|---|---:|---|---:|---|---:|---:|---:|---:|---|",
     ]
     scores, outcomes = {}, {}
     for regime, r in results.items():
@@ -178,11 +181,17 @@ def report(results: dict, tune: dict, args, minutes: float) -> str:
         ce = [x["test_acc"] for x in r["runs"]["ce"]]
         win = [x["test_acc"] for x in r["runs"][r["winner"]]]
         tg = tune.get(regime)
+        g_t = [
+            w["test_acc_teacher_head"] - c["test_acc"]
+            for w, c in zip(r["runs"][r["winner"]], r["runs"]["ce"], strict=True)
+        ]
+        se_t = 100 * statistics.stdev(g_t) / len(g_t) ** 0.5 if len(g_t) > 1 else 0.0
         lines.append(
             f"| {regime} | {fa_t:.3f} / {fa_s:.3f} ({z_fa:+.1f}) | {100 * la_t:.1f} / "
             f"{100 * la_s:.1f} ({z_la:+.1f}) | {score:+.1f} | "
             f"{', '.join(verdicts)} | {mean_sd(ce)} | {r['winner']} | {mean_sd(win)} | "
-            f"{gain:+.1f} ± {se:.1f} | {'' if tg is None else f'{tg:+.1f}'} | "
+            f"{gain:+.1f} ± {se:.1f} | {100 * statistics.fmean(g_t):+.1f} ± {se_t:.1f} | "
+            f"{'' if tg is None else f'{tg:+.1f}'} | "
             f"{agrees(majority, gain, se)} |"
         )
     lines += ["", "Every config, test accuracy % (mean ± std over seeds):", ""]
@@ -212,9 +221,13 @@ def main(argv=None) -> None:
     p.add_argument("--tune", action="store_true", help="also run a real sweep per regime")
     p.add_argument("--num-samples", type=int, default=6, help="searched trials with --tune")
     p.add_argument("--data-root", type=Path, default=ROOT / "data")
+    p.add_argument("--epochs", type=int, default=SCHEDULE["epochs"])
+    p.add_argument("--steps", type=int, default=SCHEDULE["steps_per_epoch"])
+    p.add_argument("--append", action="store_true", help="add the table to --out, keep the rest")
     p.add_argument("--out", type=Path, default=RESULTS / "diagnose.md")
     args = p.parse_args(argv)
     torch.set_num_threads(2)  # the cores this machine has
+    SCHEDULE.update(epochs=args.epochs, steps_per_epoch=args.steps)
     LOADS.append(os.getloadavg()[0])
     t0 = time.perf_counter()
     results = {}
@@ -228,6 +241,13 @@ def main(argv=None) -> None:
     text = report(results, tune, args, (time.perf_counter() - t0) / 60)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and args.out.is_file():
+        head, _, body = text.partition("\n\n")  # one title per file
+        text = (
+            args.out.read_text()
+            + f"\n## Schedule {args.epochs} epochs x {args.steps} steps\n\n"
+            + body
+        )
     args.out.write_text(text)
     print(f"written to {args.out}")
 
