@@ -53,7 +53,13 @@ def fetch(sweep: str, dest: Path) -> Path:
     import pyarrow.fs as pafs
 
     try:
-        fs, root = pafs.FileSystem.from_uri(sweep)
+        if sweep.startswith("gs://"):  # GCS retries for 15 min by default: give up sooner
+            from datetime import timedelta
+
+            fs = pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=20))
+            root = sweep[len("gs://") :]
+        else:
+            fs, root = pafs.FileSystem.from_uri(sweep)
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     except Exception as e:  # pyarrow raises OSError, ArrowInvalid, ... by backend
         raise FileNotFoundError(
