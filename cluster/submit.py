@@ -152,7 +152,7 @@ def submit(c, tune_args: list[str], wait: bool, driver_resource: str | None) -> 
     command = entrypoint(tune_args, name)
     resources = {"entrypoint_resources": {driver_resource: 1}} if driver_resource else {}
     dead = [j.job_id for j in before if j.job_id]
-    if dead:
+    if dead and f"{job_id}-release" not in taken:  # once per attempt
         release(c, dead, f"{job_id}-release", resources)
     c.submit_job(
         entrypoint=command,
@@ -185,7 +185,10 @@ def release(c, dead_jobs: list[str], job_id: str, resources: dict) -> None:
     )
     status = wait_terminal(c, job_id, timeout=300)
     out = c.get_job_logs(job_id).strip().splitlines()
-    print(out[-1] if status == "SUCCEEDED" and out else f"job {job_id}: {status}", flush=True)
+    if status == "SUCCEEDED" and out:
+        print(out[-1], flush=True)
+    else:  # the sweep may still start; say why nothing was released
+        print(f"job {job_id}: {status}\n" + "\n".join(out[-15:]), flush=True)
 
 
 def release_placement_groups(dead_jobs: list[str]) -> int:
@@ -194,10 +197,11 @@ def release_placement_groups(dead_jobs: list[str]) -> int:
     from ray.util.placement_group import PlacementGroup, remove_placement_group
     from ray.util.state import list_placement_groups
 
-    ray.init(logging_level="ERROR", log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(logging_level="ERROR", log_to_driver=False)
     left = [
         p
-        for p in list_placement_groups(limit=100_000, raise_on_missing_output=False)
+        for p in list_placement_groups(limit=10_000, raise_on_missing_output=False)
         if p.creator_job_id in dead_jobs and p.state != "REMOVED"
     ]
     for p in left:
