@@ -4,6 +4,7 @@ python -m cmkd.data build synth --out data/synth [--seed 0] [--shared 8 ...]
 python -m cmkd.data build synth-nohelp --out data/synth-nohelp
 python -m cmkd.data build avdigits --out data/avdigits [--languages en,fr --repeats 1 ...]
 python -m cmkd.data convert ravdess RAW_DIR --out data/ravdess
+python -m cmkd.data convert ave RAW_DIR --out data/ave [--image-size 32 --segment event]
 python -m cmkd.data validate data/avdigits
 """
 
@@ -103,20 +104,36 @@ def _parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser(
         "convert",
-        help="convert a raw public release you downloaded (audio only: no video decoder)",
+        help="convert a raw public release you downloaded",
     )
     sources = convert.add_subparsers(dest="name", required=True, metavar="NAME")
     for name, text in (
-        ("ravdess", "RAVDESS speech: RAW/Actor_XX/MM-VV-EE-II-SS-RR-AA.wav, 8 emotions"),
-        ("cremad", "CREMA-D: RAW/AudioWAV/1001_DFA_ANG_XX.wav, 6 emotions"),
+        ("ravdess", "RAVDESS speech: RAW/Actor_XX/MM-VV-EE-II-SS-RR-AA.wav, 8 emotions (audio)"),
+        ("cremad", "CREMA-D: RAW/AudioWAV/1001_DFA_ANG_XX.wav, 6 emotions (audio)"),
+        (
+            "ave",
+            "AVE: RAW/AVE_Dataset/{Annotations,trainSet,valSet,testSet}.txt and "
+            "AVE/<VideoID>.mp4, 28 events, official splits (audio, image)",
+        ),
     ):
         sub = sources.add_parser(name, help=text, description=text)
         sub.add_argument("raw", type=Path, metavar="RAW", help="the folder of the raw release")
         sub.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-        sub.add_argument("--seed", type=int, default=0, metavar="N", help="speaker split seed [0]")
+        seed_help = "recorded only: the splits are fixed" if name == "ave" else "speaker split seed"
+        sub.add_argument("--seed", type=int, default=0, metavar="N", help=f"{seed_help} [0]")
         sub.add_argument("--n-mels", type=int, default=40, metavar="N", help="mel bands [40]")
         sub.add_argument("--frames", type=int, default=300, metavar="N", help="10 ms frames [300]")
         sub.add_argument("--force", action="store_true", help="replace an existing conversion")
+    ave = sources.choices["ave"]
+    ave.add_argument(
+        "--image-size", type=int, default=32, metavar="N", help="image side in pixels [32]"
+    )
+    ave.add_argument(
+        "--segment",
+        choices=("event", "clip"),
+        default="event",
+        help="audio of the annotated event or of the whole clip [event]",
+    )
 
     validate = commands.add_parser("validate", help="check every file of a benchmark directory")
     validate.add_argument("dir", type=Path)
@@ -136,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     from cmkd.data.avdigits import build_avdigits
+    from cmkd.data.ave import convert_ave
     from cmkd.data.convert import convert_cremad, convert_ravdess
     from cmkd.data.synth import REGIMES, build_synth
 
@@ -163,6 +181,7 @@ def _build(args: argparse.Namespace) -> int:
         ),
         "ravdess": lambda: convert_ravdess(args.raw, out, seed, progress=True, **options),
         "cremad": lambda: convert_cremad(args.raw, out, seed, progress=True, **options),
+        "ave": lambda: convert_ave(args.raw, out, seed, progress=True, **options),
     }[args.name]
     start = time.perf_counter()
     try:
