@@ -13,7 +13,7 @@ from cmkd.data import SPLITS, DataError, load_split, validate_benchmark
 from cmkd.data.__main__ import main
 from cmkd.data.audio import frame_params, mel_filterbank
 from cmkd.data.ave import convert_ave, find_ave, read_events
-from cmkd.data.video import read_audio, read_frame, square_thumbnail
+from cmkd.data.video import duration, read_audio, read_frame, square_thumbnail
 
 CATEGORIES = ("Church bell", "Dog", "Male speech, man speaking")  # sorted, one with a comma
 COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255))  # frame colour during an event, by category
@@ -148,6 +148,7 @@ def test_video_helpers(release: Path) -> None:
     path = release / "AVE_Dataset" / "AVE" / "yt-1_Ab.mp4"  # Dog, [1, 2) s
     wave, rate = read_audio(path)
     assert rate == RATE and wave.dtype == np.float32 and len(wave) >= SECONDS * RATE
+    assert duration(path) == pytest.approx(SECONDS, abs=0.1)
     assert read_frame(path, 0.5).shape == (32, 48, 3)
     assert read_frame(path, 0.5).max() < 20 and read_frame(path, 1.5)[..., 1].min() > 230
     assert read_frame(path, 99.0)[..., 1].min() > 230  # past the end: the last frame

@@ -16,6 +16,7 @@ from cmkd.data.convert import (
     convert_cremad,
     convert_ravdess,
     find_ravdess,
+    find_ravdess_video,
     split_groups,
 )
 
@@ -39,6 +40,34 @@ def ravdess(tmp_path: Path) -> Path:
     return raw
 
 
+def _colour(emotion: int) -> tuple[int, int, int]:
+    return (30 * emotion, 255 - 30 * emotion, 128)
+
+
+@pytest.fixture
+def ravdess_video(tmp_path: Path) -> Path:
+    """The video release of the 24 speech clips: 1 s at 5 fps, the emotion's colour only on the
+    frame at the middle (0.4..0.6 s), black elsewhere. Actors 1, 2 video-only (02-), 3 full AV."""
+    import av
+
+    root = tmp_path / "ravdess_video"
+    for actor in (1, 2, 3):
+        folder = root / f"Video_Speech_Actor_{actor:02d}" / f"Actor_{actor:02d}"
+        folder.mkdir(parents=True)
+        for emotion in range(1, 9):
+            name = f"{'01' if actor == 3 else '02'}-01-{emotion:02d}-01-01-01-{actor:02d}.mp4"
+            with av.open(str(folder / name), "w") as container:
+                stream = container.add_stream("mpeg4", rate=5)
+                stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+                for i in range(5):
+                    rgb = np.zeros((32, 48, 3), np.uint8)
+                    rgb[:] = _colour(emotion) if i == 2 else 0
+                    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                    container.mux(stream.encode(frame))
+                container.mux(stream.encode())
+    return root
+
+
 @pytest.fixture
 def cremad(tmp_path: Path) -> Path:
     """4 speakers x 6 emotions at 16 kHz, in AudioWAV/ as released."""
@@ -58,7 +87,7 @@ def test_ravdess(ravdess: Path, tmp_path: Path) -> None:
     assert validate_benchmark(out) == meta
     assert meta.num_classes == 8 and meta.class_names == RAVDESS_EMOTIONS
     assert meta.shapes == {"audio": (1, 40, 40)}
-    assert meta.params["sample_rates"] == [48000] and "video decoder" in meta.params["video"]
+    assert meta.params["sample_rates"] == [48000] and meta.params["video"] == "not converted"
     actors = {}
     for s in SPLITS:
         split = load_split(out, "audio", s)
@@ -76,6 +105,31 @@ def test_ravdess_tones_land_in_rising_mel_bands(ravdess: Path, tmp_path: Path) -
     order = np.argsort(split.y)
     bands = split.x[order, 0].mean(axis=2).argmax(axis=1)  # loudest band per clip
     assert np.all(np.diff(bands) > 0)  # 200 Hz * emotion: higher emotion code, higher band
+
+
+def test_ravdess_with_video(ravdess: Path, ravdess_video: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ravdess"
+    meta = convert_ravdess(ravdess, out, frames=40, video=ravdess_video, image_size=8)
+    assert validate_benchmark(out) == meta
+    assert meta.shapes == {"audio": (1, 40, 40), "image": (3, 8, 8)}
+    assert meta.params["options"]["video"] == str(ravdess_video)
+    for s in SPLITS:
+        audio, image = load_split(out, "audio", s), load_split(out, "image", s)
+        assert [i[2:] for i in image.ids] == [i[2:] for i in audio.ids]  # the same recordings
+        assert {i[:2] for i in image.ids} == ({"01"} if audio.groups[0] == "actor_03" else {"02"})
+        assert np.array_equal(image.y, audio.y) and np.array_equal(image.groups, audio.groups)
+        for x, y in zip(image.x, image.y, strict=True):
+            assert np.allclose(x, np.array(_colour(y + 1))[:, None, None] / 255, atol=0.05)
+
+
+def test_ravdess_clip_without_video(ravdess: Path, ravdess_video: Path, tmp_path: Path) -> None:
+    video = ravdess_video / "Video_Speech_Actor_02" / "Actor_02" / "02-01-04-01-01-01-02.mp4"
+    video.unlink()
+    with pytest.raises(DataError, match="02-01-04-01-01-01-02.mp4 or 01-01-04") as info:
+        find_ravdess_video(ravdess_video, find_ravdess(ravdess))
+    assert info.value.path == str(ravdess / "Actor_02" / "03-01-04-01-01-01-02.wav")
+    with pytest.raises(ValueError, match="image_size needs video"):
+        convert_ravdess(ravdess, tmp_path / "out", image_size=8)
 
 
 def test_ravdess_song_channel(ravdess: Path) -> None:
@@ -143,3 +197,14 @@ def test_convert_command_reports_a_bad_file(
     write_wav(bad, _tone(48000, 100.0), 48000)
     assert main(["convert", "ravdess", str(ravdess), "--out", str(tmp_path / "r")]) == 1
     assert f"error: {bad}: expected a name MM-VV-EE-II-SS-RR-AA.wav" in capsys.readouterr().err
+
+
+def test_convert_command_with_video(
+    ravdess: Path, ravdess_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["convert", "ravdess", str(ravdess), "--out", str(tmp_path / "r"), "--frames", "20"]
+    args += ["--video", str(ravdess_video), "--image-size", "8"]
+    assert main(args) == 0
+    assert "image_train.parquet" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "already built" in capsys.readouterr().out

@@ -124,6 +124,16 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--n-mels", type=int, default=40, metavar="N", help="mel bands [40]")
         sub.add_argument("--frames", type=int, default=300, metavar="N", help="10 ms frames [300]")
         sub.add_argument("--force", action="store_true", help="replace an existing conversion")
+    ravdess = sources.choices["ravdess"]
+    ravdess.add_argument(
+        "--video",
+        metavar="DIR",
+        help="the RAVDESS video release (Video_Speech_Actor_XX/Actor_XX/*.mp4): adds an image "
+        "modality, the frame at each clip's middle",
+    )
+    ravdess.add_argument(
+        "--image-size", type=int, metavar="N", help="image side in pixels, with --video [32]"
+    )
     ave = sources.choices["ave"]
     ave.add_argument(
         "--image-size", type=int, default=32, metavar="N", help="image side in pixels [32]"

@@ -72,3 +72,17 @@ def square_thumbnail(rgb: np.ndarray, size: int, grey: bool = False) -> np.ndarr
     small = frame.reformat(size, size, "gray" if grey else "rgb24", interpolation="AREA")
     pixels = small.to_ndarray().reshape(size, size, -1)  # (size, size, C)
     return (pixels.transpose(2, 0, 1) / 255.0).astype(np.float32)
+
+
+def duration(path: str | Path) -> float:
+    """The length of a video file in seconds (the container's, else its first video stream's)."""
+    try:
+        with av.open(str(path)) as container:
+            if container.duration is not None:
+                return container.duration / av.time_base
+            stream = container.streams.video[0] if container.streams.video else None
+            if stream is None or stream.duration is None:
+                raise ValueError(f"{path}: no duration in the container or its video stream")
+            return float(stream.duration * stream.time_base)
+    except av.FFmpegError as err:
+        raise ValueError(f"{path}: unreadable video ({err})") from None
