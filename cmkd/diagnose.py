@@ -122,10 +122,10 @@ def alignment(
         F.log_softmax(logits_s, -1), F.log_softmax(read, -1), log_target=True, reduction="batchmean"
     )
     return {
-        "fa_sinkhorn": float(fa_s),
-        "fa_mmd": float(fa_m),
+        "fa_sinkhorn": float(fa_s.detach()),
+        "fa_mmd": float(fa_m.detach()),
         "la_acc": float((read.argmax(-1) == y_s).float().mean()),
-        "la_kl": float(kl),
+        "la_kl": float(kl.detach()),
     }
 
 
