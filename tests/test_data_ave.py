@@ -195,9 +195,11 @@ def test_listed_video_missing(release: Path, tmp_path: Path) -> None:
 
 def test_unreadable_video(release: Path, tmp_path: Path) -> None:
     root = _copy(release, tmp_path)
-    (root / "AVE" / "yt-5_Ab.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
-    with pytest.raises(DataError, match=r"unreadable video .*\(listed in valSet.txt line 4\)"):
+    bad = root / "AVE" / "yt-5_Ab.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    with pytest.raises(DataError, match=r"unreadable video .*\(listed in valSet.txt line 4\)") as e:
         convert_ave(root, tmp_path / "out", frames=40, image_size=8)
+    assert str(e.value).startswith(f"{bad}: unreadable video")
 
 
 def test_convert_command(release: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

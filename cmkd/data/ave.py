@@ -152,7 +152,9 @@ def convert_ave(
                 wave, rate = read_audio(path)
                 image[i] = square_thumbnail(read_frame(path, (e.start + e.end) / 2), image_size)
             except ValueError as err:
-                raise DataError(path, f"{err} (listed in {SPLIT_FILES[s]} line {e.line})") from None
+                raise DataError(
+                    path, f"{_cause(err, path)} (listed in {SPLIT_FILES[s]} line {e.line})"
+                ) from None
             rates.add(rate)
             if segment == "event":
                 wave = wave[int(e.start * rate) : int(e.end * rate)]
@@ -194,3 +196,8 @@ def convert_ave(
         },
     )
     return read_meta(out)
+
+
+def _cause(err: ValueError, path: Path) -> str:
+    """The message of a cmkd.data.video error without the path it starts with."""
+    return str(err).removeprefix(f"{path}: ")

@@ -210,7 +210,7 @@ def middle_frames(videos: Sequence[Clip], size: int, desc: str, progress: bool) 
         try:
             x[i] = square_thumbnail(read_frame(clip.path, duration(clip.path) / 2), size)
         except ValueError as err:
-            raise DataError(clip.path, str(err)) from None
+            raise DataError(clip.path, str(err).removeprefix(f"{clip.path}: ")) from None
     return x
 
 
