@@ -3,7 +3,9 @@
 schema    the layout, its validation, loading, per-class subsampling (exported here)
 synth     two-view Gaussian benchmarks `synth` and `synth-nohelp`
 avdigits  MNIST digits and espeak-ng spoken digits (`image`, `audio`)
-convert   RAVDESS and CREMA-D raw releases to the layout (audio)
+convert   RAVDESS (audio, face video frames) and CREMA-D (audio) raw releases to the layout
+ave       the AVE raw release (audio of each event, the frame at its middle), official splits
+video     PyAV decoding: a clip's audio track, the frame at a time, thumbnails
 audio     log-mel features and wav files; espeak: speech synthesis through ctypes
 
 Build one with ``python -m cmkd.data build NAME --out DIR``; load it with :func:`load_split`
