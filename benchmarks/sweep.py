@@ -25,19 +25,24 @@ from pathlib import Path
 import psutil
 
 
-def tree_rss(pid: int) -> int:
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) summed over a process and its descendants. PSS shares each shared page among
+    the processes mapping it, so the sum is the memory the tree takes; summed RSS counts the
+    libraries every Ray worker maps (torch alone is hundreds of MB) once per process."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, 0
+    pss = rss = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            full = p.memory_full_info()
+            pss += getattr(full, "pss", full.rss)
+            rss += full.rss
         except psutil.Error:
             pass
-    return total
+    return pss, rss
 
 
 def main(argv=None) -> None:
@@ -68,11 +73,12 @@ def main(argv=None) -> None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, stop = [0], threading.Event()
+    peak, stop = [0, 0], threading.Event()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+            pss, rss = tree_memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
             time.sleep(0.5)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -104,8 +110,11 @@ def main(argv=None) -> None:
         "| measure | value |",
         "|---|---:|",
         f"| wall time, whole command | {wall:.0f} s |",
-        f"| of which the sweep (Tune) | {res['sweep_s']:.0f} s |",
-        f"| peak resident memory, all processes | {peak[0] / 2**30:.2f} GB |",
+        f"| of which the search (Tune) | {res['sweep_s'] - (res.get('prepare_s') or 0):.0f} s |",
+        f"| of which building data and teacher bank, loading | {res.get('prepare_s') or 0:.0f} s |",
+        f"| of which the final retrain | {res.get('final_s') or 0:.0f} s |",
+        f"| peak memory, all processes (PSS: shared pages counted once) | {peak[0] / 2**30:.2f} GB |",
+        f"| peak memory, all processes (RSS summed: shared pages counted per process) | {peak[1] / 2**30:.2f} GB |",
         f"| trials (searched + 2 references) | {len(res['trials'])} |",
         f"| trials stopped early by ASHA | {stopped} |",
         f"| trials at once | {res['concurrency']} |",

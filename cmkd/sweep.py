@@ -368,6 +368,8 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         "final": final,
         "sweep_s": sweep_s,
         "total_s": total_s,
+        "prepare_s": getattr(args, "prepare_s", None),
+        "final_s": total_s - sweep_s,
         "resources": resources.__dict__,
         "concurrency": concurrency,
         "storage": f"{root}/{name}",
@@ -377,10 +379,21 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         Experiment(data=data_cfg, distill=DistillConfig.from_dict(configs["winner"])).to_yaml(
             out_dir / "best.yaml"
         )
+    study = None
+    if "://" not in root:
+        try:  # a convenience: a failure here must not lose the results written above
+            from cmkd.study import export_study
+
+            study = export_study(out_dir)
+        except Exception as e:  # noqa: BLE001
+            print(f"warning: the Optuna study file was not written ({e})", flush=True)
     print_final(final)
     log_summary_to_wandb(args.wandb, args.wandb_project, name, rows, final)
     print(f"\nsweep {sweep_s:.0f} s, total {total_s:.0f} s. Written to {out_dir}:")
     print("  results.json  every trial's config and curve, the final retrain")
+    if study is not None:
+        print(f"  {study.name}  the searched trials as an Optuna study: optuna-dashboard {study}")
+    print(f"  report        python -m cmkd.report {out_dir}")
     if "winner" in configs:
         print(
             f"  best.yaml     the winner; run it again: python -m cmkd.train --config {out_dir}/best.yaml"

@@ -183,8 +183,10 @@ def train_dataset(x: np.ndarray, y: np.ndarray, stream: TrainStream | None) -> r
         x, y = table_to_xy(table, stream.shape, stream.ids)
         return {"x": x, "y": y}
 
-    return ray.data.read_parquet(stream.path, columns=columns).map_batches(
-        decode, batch_format="pyarrow"
+    return (
+        ray.data.read_parquet(stream.path)
+        .select_columns(columns)
+        .map_batches(decode, batch_format="pyarrow")
     )
 
 

@@ -261,6 +261,7 @@ def main(argv=None) -> int:
         from cmkd.train import load_run_data
 
         data = load_run_data(data_cfg, seed=args.seed)
+        args.prepare_s = time.perf_counter() - t_start  # building, validating, loading the data
     except (ConfigError, SpaceError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

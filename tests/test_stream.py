@@ -116,7 +116,7 @@ def test_ray_trial_streams_its_rows_from_a_read_parquet_shard(bench, tmp_path):
         data_cfg = DataConfig(benchmark=str(bench), labels_per_class=2, loading="stream")
         data = train.load_run_data(data_cfg, seed=0, log=lambda *_: None)
         ds = train_dataset(data.x_train.numpy(), data.y_train.numpy(), data.train_stream)
-        assert "ReadParquet" in str(ds)  # lazy: nothing read before the trial iterates
+        assert "ReadFilesParquet" in str(ds)  # lazy: nothing read before the trial iterates
         cfg = DistillConfig(algorithm="ucmkd_sum", epochs=2, batch_size=4, steps_per_epoch=None)
         trainer = TorchTrainer(
             worker_loop,

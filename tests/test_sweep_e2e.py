@@ -91,6 +91,15 @@ def test_smoke_sweep_runs_searches_stops_logs_and_writes_results(bench, tmp_path
     )
     assert best.data.benchmark == str(bench)
 
+    import optuna  # the searched trials, kept as a study optuna-dashboard opens
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep / "optuna-study.log"))
+    )
+    (summary,) = optuna.get_all_study_summaries(storage)
+    assert summary.n_trials == 5
+    assert f"optuna-dashboard {sweep / 'optuna-study.log'}" in out
+
     runs = sorted((sweep / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) >= 7  # one per trial, plus the summary run
     assert all(
