@@ -213,6 +213,44 @@ def final_retrain(
     return out
 
 
+RESULT_FILES = ("results.json", "best.yaml")
+
+
+def upload_results(local_dir: Path, uri: str, attempts: int = 3) -> None:
+    """Copy the sweep's result files beside its trials in remote storage (s3://, gs://).
+
+    On a cluster the driver's folder is a job's temporary working directory; the bucket is what
+    outlives it. A failed upload is reported, never raised: the local copy stays in
+    ``local_dir`` and the trials themselves are already in the bucket.
+    """
+    import pyarrow.fs as pafs
+
+    for attempt in range(1, attempts + 1):
+        try:
+            fs, path = pafs.FileSystem.from_uri(uri)
+            fs.create_dir(path, recursive=True)
+            for f in RESULT_FILES:
+                if (local_dir / f).is_file():
+                    with fs.open_output_stream(f"{path}/{f}") as out:
+                        out.write((local_dir / f).read_bytes())
+            print(f"results copied to {uri}", flush=True)
+            return
+        except (OSError, pa_errors()) as e:
+            if attempt == attempts:
+                print(
+                    f"warning: could not copy the results to {uri} ({e}); they are in {local_dir}",
+                    flush=True,
+                )
+            else:
+                time.sleep(2 * attempt)
+
+
+def pa_errors() -> type[Exception]:
+    import pyarrow as pa
+
+    return pa.ArrowException
+
+
 def log_summary_to_wandb(
     mode: str, project: str, group: str, rows: list[dict], final: dict
 ) -> None:
@@ -285,6 +323,13 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         cluster, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker
     )
     concurrency = args.max_concurrent or resources.concurrency(cluster)
+    if not args.max_concurrent and resources.gpus_per_worker > cluster.get("GPU", 0):
+        print(
+            f"warning: the cluster has {cluster.get('GPU', 0):g} GPU(s) now, so trials run "
+            f"{concurrency} at a time; on an autoscaling cluster whose GPU nodes start at zero, "
+            "pass --max-concurrent (the GPUs you allow at once / GPUs per trial)",
+            flush=True,
+        )
     max_epochs = space.fixed.get("epochs", DistillConfig().epochs)
     print(
         f"sweep {name!r}: {args.num_samples} searched + 2 reference trials, up to {concurrency} at "
@@ -387,6 +432,8 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             study = export_study(out_dir)
         except Exception as e:  # noqa: BLE001
             print(f"warning: the Optuna study file was not written ({e})", flush=True)
+    if "://" in root:
+        upload_results(out_dir, f"{root}/{name}")
     print_final(final)
     log_summary_to_wandb(args.wandb, args.wandb_project, name, rows, final)
     print(f"\nsweep {sweep_s:.0f} s, total {total_s:.0f} s. Written to {out_dir}:")

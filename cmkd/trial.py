@@ -27,6 +27,7 @@ from cmkd.stream import TrainStream, table_to_xy
 from cmkd.train import Run, RunData
 
 STATE_FILE = "state.pt"
+DRIVER_RESOURCE = "cmkd_driver"  # the custom resource of cluster/*.yaml's non-preemptible nodes
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,16 @@ class Resources:
     gpus_per_worker: float = 0.0
     """GPUs each worker holds: 0 or a whole number (fractional GPUs break NCCL)."""
 
-    # The trial's own actor only waits for its workers: it holds no CPU (a CPU it held would
-    # starve its workers on a 2-CPU machine). Ray refuses an empty request; memory=1 is not.
-    trial_request = {"memory": 1}
+    driver_resource: str | None = None
+    """A custom resource the trial's own actor asks a sliver of, so that it only lands on nodes
+    that carry it (cluster/*.yaml: ``cmkd_driver`` on the head and the on-demand CPU workers,
+    never on preemptible GPU nodes whose loss would kill the trial's driver)."""
+
+    @property
+    def trial_request(self) -> dict[str, float]:
+        # The trial's own actor only waits for its workers: it holds no CPU (a CPU it held would
+        # starve its workers on a 2-CPU machine). Ray refuses an empty request; memory=1 is not.
+        return {"memory": 1, **({self.driver_resource: 0.001} if self.driver_resource else {})}
 
     def concurrency(self, cluster: dict) -> int:
         """Trials the cluster can run at once: its CPUs (or GPUs) over one trial's need."""
@@ -52,7 +60,8 @@ class Resources:
 
 
 def for_machine(cluster: dict, workers: int, gpus_per_worker: float, cpus_per_worker: float | None):
-    """Resource requests that start on this cluster: on 2 CPUs, 2 workers get 0.5 CPU each."""
+    """Resource requests that start on this cluster: on 2 CPUs, 2 workers get 0.5 CPU each.
+    Where nodes carry the ``cmkd_driver`` resource, trial actors are kept on those nodes."""
     if gpus_per_worker and gpus_per_worker != int(gpus_per_worker):
         raise ValueError(
             f"--gpus-per-worker {gpus_per_worker}: fractional GPUs break DDP "
@@ -61,7 +70,8 @@ def for_machine(cluster: dict, workers: int, gpus_per_worker: float, cpus_per_wo
     if cpus_per_worker is None:
         cpus = cluster.get("CPU", 1)
         cpus_per_worker = 1.0 if cpus >= 2 * workers else max(cpus / (2 * workers), 0.1)
-    return Resources(workers, cpus_per_worker, gpus_per_worker)
+    driver = DRIVER_RESOURCE if cluster.get(DRIVER_RESOURCE) else None
+    return Resources(workers, cpus_per_worker, gpus_per_worker, driver)
 
 
 def pack(data: RunData) -> dict:

@@ -94,6 +94,10 @@ def test_resources_fit_a_two_cpu_machine():
     two_workers = for_machine(two, 2, 0.0, None)  # 2 workers on 2 CPUs: half a CPU each, 2 trials
     assert two_workers.cpus_per_worker == 0.5 and two_workers.concurrency(two) == 2
     assert "CPU" not in Resources().trial_request  # the waiting trial actor holds no CPU
+    assert one_worker.trial_request == {"memory": 1}
+    # Launcher clusters mark their non-preemptible nodes: trial actors ask for a sliver of it.
+    marked = for_machine({"CPU": 8.0, "GPU": 4.0, "cmkd_driver": 3.0}, 1, 1.0, None)
+    assert marked.trial_request == {"memory": 1, "cmkd_driver": 0.001}
     gpus = for_machine({"CPU": 16.0, "GPU": 4.0}, 2, 1.0, None)
     assert gpus.concurrency({"CPU": 16.0, "GPU": 4.0}) == 2
     with pytest.raises(ValueError, match="fractional GPUs break DDP"):
