@@ -89,6 +89,10 @@ class DistillConfig(BaseModel):
     """Epochs (validation, report and checkpoint after each)."""
     steps_per_epoch: int | None = Field(None, ge=1, le=1_000_000)
     """Batches per epoch (None: one pass over the student's labelled set)."""
+    readout: Literal["student", "teacher", "best"] = "student"
+    """Which head the run is scored by (``val_acc``, ``test_acc``): the student's own, the frozen
+    teacher head on the student's features (h_t ∘ g_s, a valid predictor once the features are
+    aligned), or whichever reads validation better at each epoch (test read the same way)."""
     seed: int = Field(0, ge=0)
     """Random seed of the run."""
 

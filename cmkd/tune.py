@@ -32,6 +32,7 @@ REFERENCE_UCMKD = {
     "ot_reg": 0.1,
     "ot_iters": 100,
     "grad_clip": 5.0,
+    "readout": "student",  # the paper code selects and reports the student head
 }
 ROLES = ("reference-ce", "reference-ucmkd", "search")
 

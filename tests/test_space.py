@@ -71,7 +71,13 @@ def test_default_space_explores_both_alignment_branches():
     assert by_fa["sinkhorn"] and by_fa["mmd"]
     assert all("epsilon" in p and "mmd_multiplier" not in p for p in by_fa["sinkhorn"])
     assert all("mmd_multiplier" in p and "epsilon" not in p for p in by_fa["mmd"])
-    assert space.fixed == {"epochs": 10, "batch_size": 32, "steps_per_epoch": 15, "lr": 3e-3}
+    assert space.fixed == {
+        "epochs": 10,
+        "batch_size": 32,
+        "steps_per_epoch": 15,
+        "lr": 3e-3,
+        "readout": "best",
+    }
 
 
 def test_to_dict_round_trips_through_a_file(tmp_path):

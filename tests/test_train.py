@@ -80,3 +80,22 @@ def test_experiment_file_runs_again(bench, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| ucmkd_sum |" in out and "ce (no distillation)" not in out
     assert "student b (20 labelled)" in out
+
+
+@pytest.mark.parametrize("readout", ["student", "teacher", "best"])
+def test_readout_decides_which_head_scores_the_run(bench, readout):
+    data = train.load_run_data(DataConfig(benchmark=str(bench), labels_per_class=5), seed=0)
+    cfg = DistillConfig(algorithm="ucmkd_sum", label_cost=4.0, epochs=3, batch_size=16)
+    hist = train.fit(cfg.model_copy(update={"readout": readout}), data, log=lambda *_: None)[
+        "history"
+    ]
+    for m in hist:
+        s, t = m["val_acc_student_head"], m["val_acc_teacher_head"]
+        want = {"student": s, "teacher": t, "best": max(s, t)}[readout]
+        assert m["val_acc"] == want
+        assert m["readout_teacher_head"] == float(
+            readout == "teacher" or (readout == "best" and t > s)
+        )
+        if "test_acc" in m:  # read through the same head as validation
+            head = "teacher_head" if m["readout_teacher_head"] else "student_head"
+            assert m["test_acc"] == m[f"test_acc_{head}"]
