@@ -36,15 +36,18 @@ ENTRYPOINT = ("python", "-m", "cmkd.tune")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
-# `ray start` turns token authentication on when a token exists (~/.ray/auth_token or
-# RAY_AUTH_TOKEN); the job client only sends it when RAY_AUTH_MODE says so. A token sent to a
-# cluster without authentication is ignored, so send it whenever there is one.
-if "RAY_AUTH_MODE" not in os.environ and (
-    os.environ.get("RAY_AUTH_TOKEN")
-    or os.environ.get("RAY_AUTH_TOKEN_PATH")
-    or (Path.home() / ".ray" / "auth_token").exists()
-):
-    os.environ["RAY_AUTH_MODE"] = "token"
+
+def use_token_if_any() -> None:
+    """`ray start` turns token authentication on when a token exists (~/.ray/auth_token or
+    RAY_AUTH_TOKEN); the job client only sends it when RAY_AUTH_MODE says so. A token sent to a
+    cluster without authentication is ignored, so send it whenever there is one. Called by
+    :func:`main` only: importing this module changes nothing in the importer's environment."""
+    if "RAY_AUTH_MODE" not in os.environ and (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").exists()
+    ):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 class SubmitError(Exception):
@@ -308,6 +311,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    use_token_if_any()
     if args.command == "release":
         return release_placement_groups(args.job_ids)
     try:

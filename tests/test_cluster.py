@@ -175,6 +175,19 @@ def test_runtime_env_excludes_are_what_ray_uploads(tmp_path):
     assert kept == ["cmkd/tune.py", "search_spaces/smoke.yaml"]
 
 
+def test_importing_the_submit_script_leaves_the_environment_alone(submit, monkeypatch):
+    import os
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 32)
+    before = dict(os.environ)
+    spec = importlib.util.spec_from_file_location("cmkd_cluster_submit2", CLUSTER / "submit.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert dict(os.environ) == before  # a later ray.init in the same process must not change
+    submit.use_token_if_any()
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+
+
 def test_submit_ids_are_deterministic_per_sweep_and_attempt(submit):
     assert submit.submission_id("avd", 1) == "cmkd-avd"
     assert submit.submission_id("avd", 3) == "cmkd-avd-3"
