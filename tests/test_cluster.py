@@ -178,7 +178,10 @@ def test_runtime_env_excludes_are_what_ray_uploads(tmp_path):
 def test_importing_the_submit_script_leaves_the_environment_alone(submit, monkeypatch):
     import os
 
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    # Set, then deleted: monkeypatch then removes what the code under test sets. A RAY_AUTH_MODE
+    # left behind would make every later ray.init of this process start a GCS it cannot reach.
+    monkeypatch.setenv("RAY_AUTH_MODE", "unset-by-the-test")
+    monkeypatch.delenv("RAY_AUTH_MODE")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 32)
     before = dict(os.environ)
     spec = importlib.util.spec_from_file_location("cmkd_cluster_submit2", CLUSTER / "submit.py")
