@@ -61,8 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--num-samples",
         type=int,
-        default=10,
-        help="trials searched by Optuna, besides the two reference trials (default 10)",
+        default=8,
+        help="trials searched by Optuna, besides the two reference trials (default 8)",
     )
     p.add_argument("--storage", default="runs", help="local folder, s3:// or gs:// (default: runs)")
     p.add_argument("--name", help="sweep name (default: derived from benchmark and space)")
