@@ -2,7 +2,7 @@
 
     python -m benchmarks.throughput [--space smoke] [--benchmark avdigits] [--num-samples 6]
     python -m benchmarks.throughput --space default --concurrency 2 --num-samples 10 \\
-        --out benchmarks/results/memory.md        # the default sweep's memory, process by process
+        --wandb offline --out /tmp/memory.md     # the default sweep's search, process by process
 
 Runs ``python -m cmkd.tune --max-concurrent N --final-seeds 0 --wandb disabled`` once per N on
 the same budget and seed (data reused from --data-root, so building it is not timed). Trials per
@@ -115,6 +115,12 @@ def main(argv=None) -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     p.add_argument("--data-root", default="data")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--wandb",
+        default="disabled",
+        choices=["disabled", "offline"],
+        help="W&B mode of the sweeps (offline: as the default sweep logs, one actor per trial)",
+    )
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "throughput.md")
     args = p.parse_args(argv)
     load = os.getloadavg()[0]
@@ -137,7 +143,7 @@ def main(argv=None) -> None:
             "--final-seeds",
             "0",
             "--wandb",
-            "disabled",
+            args.wandb,
             "--seed",
             str(args.seed),
             "--data-root",
@@ -163,7 +169,7 @@ def main(argv=None) -> None:
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
         f"Command: `python -m cmkd.tune --space {args.space} --benchmark {args.benchmark} "
         f"--num-samples {args.num_samples} --seed {args.seed} --max-concurrent N --final-seeds 0 "
-        "--wandb disabled` (data already built; searched trials + 2 references).",
+        f"--wandb {args.wandb}` (data already built; searched trials + 2 references).",
         "",
         "| trials at once | trials | trial-epochs | search (s) | trials / hour | "
         "trial-epochs / hour | whole command (s) | peak PSS (GB) | peak RSS summed (GB) |",
