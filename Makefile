@@ -37,8 +37,15 @@ format: install
 	$(BIN)/ruff format cmkd tests benchmarks
 	$(BIN)/ruff check --fix cmkd tests benchmarks
 
+# A subset that runs in about 10 minutes on 2 cores and rewrites its tables in benchmarks/results/:
+# loss terms, Ray's per-epoch overhead, the teacher bank, the GPU script (says so without a GPU).
+# The sweep-sized ones (sweep, throughput, search, students, data, diagnose) run one by one:
+# see the README's Benchmarks section.
 bench: install
 	$(BIN)/python -m benchmarks.losses
+	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.bank
+	$(BIN)/python -m benchmarks.gpu
 
 # A sweep on a Ray cluster's job server (RAY_ADDRESS, default http://127.0.0.1:8265), see
 # cluster/README.md. Submitting the same NAME again resumes it.
