@@ -38,8 +38,8 @@ format: install
 	$(BIN)/ruff check --fix cmkd tests benchmarks
 
 # A subset that runs in about 6 minutes on 2 cores (365 s measured) and rewrites its tables in
-# benchmarks/results/:
-# loss terms, Ray's per-epoch overhead, the teacher bank, the GPU script (says so without a GPU).
+# benchmarks/results/: loss terms, Ray's per-epoch overhead, the teacher bank, and the GPU script
+# (which says so and measures nothing without a GPU).
 # The sweep-sized ones (sweep, throughput, search, students, data, diagnose) run one by one:
 # see the README's Benchmarks section.
 bench: install
