@@ -17,7 +17,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from cmkd.config import DataConfig, DistillConfig, Experiment
 from cmkd.trial import Resources, for_machine, pack, trial_driver
-from cmkd.tune import print_leaderboard, references, summarise
+from cmkd.tune import failure_reason, print_leaderboard, references, summarise
 
 
 class WithReferences(Searcher):
@@ -108,7 +108,13 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
-        self._say(f"{trial_name(trial)} FAILED (the sweep goes on); see {trial.local_path}")
+        try:
+            reason = failure_reason(Path(trial.error_file).read_text())
+        except (OSError, TypeError):
+            reason = "no error file"
+        self._say(
+            f"{trial_name(trial)} FAILED: {reason} (the sweep goes on; see {trial.local_path})"
+        )
 
 
 def make_searcher(space, seed: int) -> Searcher:
@@ -204,8 +210,16 @@ def final_retrain(
     futures = {(name, s): retrain.remote(cfg, s) for name, cfg in configs.items() for s in seeds}
     out = {name: {"config": cfg, "runs": []} for name, cfg in configs.items()}
     for (name, s), fut in futures.items():
-        out[name]["runs"].append({"seed": s, **ray.get(fut)})
-    for entry in out.values():
+        try:
+            out[name]["runs"].append({"seed": s, **ray.get(fut)})
+        except ray.exceptions.RayError as e:  # a seed that diverges is reported, not fatal
+            reason = failure_reason(e)
+            print(f"warning: final retrain of {name} with seed {s} failed: {reason}", flush=True)
+            out[name].setdefault("failed", []).append({"seed": s, "error": reason})
+    for name, entry in list(out.items()):
+        if not entry["runs"]:
+            del out[name]  # every seed failed: named in the warnings above, no mean to report
+            continue
         for key in ("test_acc", "test_acc_teacher_head", "val_acc"):
             vals = [r[key] for r in entry["runs"]]
             entry[key + "_mean"] = statistics.fmean(vals)
@@ -379,8 +393,10 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         return 130
     rows = summarise(grid, space.metric, space.mode)
     print_leaderboard(rows, space.metric, max_epochs)
-    searched = [r for r in rows if r["role"] == "search" and "best_" + space.metric in r]
-    by_role = {r["role"]: r for r in rows if r["role"] != "search"}
+    # Failed trials (a diverged loss, a crash) are never the winner nor a reference to retrain.
+    ok = [r for r in rows if r["error"] is None and "best_" + space.metric in r]
+    searched = [r for r in ok if r["role"] == "search"]
+    by_role = {r["role"]: r for r in ok if r["role"] != "search"}
     configs = {}
     if searched:
         configs["winner"] = searched[0]["config"]

@@ -23,10 +23,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from cmkd.bank import TeacherBank
 from cmkd.config import DataConfig, DistillConfig
 from cmkd.data import Meta
+from cmkd.losses import NonFiniteError
 from cmkd.stream import TrainStream, table_to_xy
 from cmkd.train import Run, RunData
 
 STATE_FILE = "state.pt"
+DIVERGED_FILE = "diverged.txt"
+"""Written beside a Train run whose loss went NaN or inf; a retry reads it and fails at once."""
 DRIVER_RESOURCE = "cmkd_driver"  # the custom resource of cluster/*.yaml's non-preemptible nodes
 
 
@@ -57,6 +60,31 @@ class Resources:
         if self.gpus_per_worker > 0:
             return max(1, int(cluster.get("GPU", 0) // (self.workers * self.gpus_per_worker)))
         return max(1, int(cluster.get("CPU", 1) // (self.workers * self.cpus_per_worker)))
+
+
+class TrialDiverged(RuntimeError):
+    """A trial's loss went NaN or inf. Training is deterministic from its checkpoint, so a retry
+    would diverge again: the trial fails with this reason instead of being trained again."""
+
+
+def read_marker(uri: str) -> str | None:
+    """The text of a small file at a local path or an s3:// / gs:// URI, None if there is none."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def write_marker(uri: str, text: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
 
 
 def for_machine(cluster: dict, workers: int, gpus_per_worker: float, cpus_per_worker: float | None):
@@ -154,6 +182,10 @@ def worker_loop(config: dict) -> None:
     torch.set_num_threads(1)  # one thread per worker: oversubscribed threads ran 7-30x slower
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    marker = config.get("diverged_uri")  # absent when a test runs the loop on its own
+    diverged = read_marker(marker) if marker else None
+    if diverged is not None:  # an earlier attempt diverged: the same state would diverge again
+        raise NonFiniteError(diverged)
     cfg = DistillConfig.from_dict(config["distill"], source="trial config")
     payload = ray.get(config["payload"][0])
     streamed = payload["train_stream"] is not None
@@ -167,9 +199,15 @@ def worker_loop(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            run.load_state_dict(torch.load(Path(d) / STATE_FILE, weights_only=False))
+            # weights_only: a checkpoint is data; unpickling arbitrary objects could run code
+            run.load_state_dict(torch.load(Path(d) / STATE_FILE, weights_only=True))
     while run.epoch < cfg.epochs:
-        metrics = run.run_epoch()
+        try:
+            metrics = run.run_epoch()
+        except NonFiniteError as e:
+            if marker:
+                write_marker(marker, f"diverged in epoch {run.epoch}: {e}")
+            raise
         metrics.update(
             {f"best_{k}": run.best[k] for k in ("val_acc", "test_acc", "test_acc_teacher_head")}
         )
@@ -214,6 +252,10 @@ def trial_driver(
     # ``storage`` is the sweep's folder: each trial's Train run lives beside Tune's trial dirs.
     """The Tune trainable: one TorchTrainer, named from the trial id so a retry resumes."""
     trial_id = ray.tune.get_context().get_trial_id()
+    diverged_uri = f"{storage}/train-{trial_id}/{DIVERGED_FILE}"
+    reason = read_marker(diverged_uri)
+    if reason is not None:  # Tune's retry of a diverged trial: fail at once, train nothing
+        raise TrialDiverged(reason)
     x_train, y_train = ray.get(train_ref[0])
     trainer = TorchTrainer(
         worker_loop,
@@ -221,6 +263,7 @@ def trial_driver(
             "distill": {k: v for k, v in config.items() if k in DistillConfig.model_fields},
             "data": data_cfg,
             "payload": payload_ref,
+            "diverged_uri": diverged_uri,
         },
         torch_config=TorchConfig(backend="nccl" if resources.gpus_per_worker else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -239,7 +282,13 @@ def trial_driver(
         ),
         datasets={"train": train_dataset(x_train, y_train, stream)},
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception:
+        reason = read_marker(diverged_uri)
+        if reason is not None:
+            raise TrialDiverged(reason) from None
+        raise
     _drain_reports()
 
 

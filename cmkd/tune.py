@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import signal
 import sys
 import time
@@ -136,14 +137,70 @@ def check_storage(storage: str) -> None:
         ) from None
 
 
-def setup_wandb_env(mode: str, root: str, name: str) -> None:
-    """W&B reads these when its runs start in Ray's actors: set before ray.init."""
+WANDB_PROBE_S = 8.0
+"""At most this long is spent finding out whether W&B takes the key before a sweep starts."""
+
+
+def wandb_problem(timeout_s: float) -> str | None:
+    """Why W&B cannot log online now (server unreachable, key refused), or None if it can.
+
+    One GraphQL ``viewer`` query with the key from the environment, in a daemon thread so that a
+    hanging DNS lookup or connection costs at most ``timeout_s``. The key is sent to the W&B
+    server only, and never appears in the message.
+    """
+    import base64
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+    auth = base64.b64encode(f"api:{os.environ['WANDB_API_KEY']}".encode()).decode()
+    request = urllib.request.Request(
+        f"{base}/graphql",
+        data=json.dumps({"query": "query { viewer { id } }"}).encode(),
+        headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
+    )
+    answer: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as r:
+                viewer = ((json.load(r) or {}).get("data") or {}).get("viewer")
+            answer.append(None if viewer else f"W&B at {base} did not accept WANDB_API_KEY")
+        except urllib.error.HTTPError as e:
+            answer.append(f"W&B at {base} refused WANDB_API_KEY (HTTP {e.code})")
+        except (OSError, ValueError) as e:  # URLError, timeouts, resets, a non-JSON answer
+            answer.append(f"W&B at {base} cannot be reached ({getattr(e, 'reason', e)})")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return answer[0] if answer else f"W&B at {base} did not answer within {timeout_s:g} s"
+
+
+def setup_wandb_env(mode: str, root: str, name: str) -> str:
+    """W&B reads these when its runs start in Ray's actors: set before ray.init. Returns the
+    mode the sweep logs in (online falls back to offline when W&B cannot take the runs)."""
     if mode == "disabled":
+        os.environ.pop("WANDB_API_KEY", None)
         os.environ["WANDB_MODE"] = "disabled"
-        return
-    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        print("warning: --wandb online but WANDB_API_KEY is not set; logging offline instead")
-        mode = "offline"
+        return mode
+    if mode == "online":
+        problem = (
+            "WANDB_API_KEY is not set"
+            if not os.environ.get("WANDB_API_KEY")
+            else wandb_problem(WANDB_PROBE_S)
+        )
+        if problem:
+            print(
+                f"warning: --wandb online but {problem}; logging offline instead "
+                "(upload later with `wandb sync`)",
+                flush=True,
+            )
+            mode = "offline"
+    if mode != "online":  # no run uploads: keep the key out of Ray's runtime environments
+        os.environ.pop("WANDB_API_KEY", None)
     os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
     if "://" not in root:  # keep W&B's folders inside the sweep, none left in /tmp or ~
@@ -156,6 +213,7 @@ def setup_wandb_env(mode: str, root: str, name: str) -> None:
         ):
             (base / sub).mkdir(parents=True, exist_ok=True)
             os.environ.setdefault(var, str(base / sub))
+    return mode
 
 
 def references(space) -> list[dict]:
@@ -170,6 +228,20 @@ def distill_part(config: dict) -> dict:
     return {k: v for k, v in config.items() if k in DistillConfig.model_fields}
 
 
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Diverged|Interrupt)): (.+)$")
+
+
+def failure_reason(error) -> str:
+    """The line of a trial's error that says why it failed: the innermost ``SomeError: message``
+    of the tracebacks Ray nests (a Train worker's inside the trial's), else the first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        m = _EXCEPTION_LINE.match(line)
+        if m:
+            return f"{m.group(1)}: {m.group(2)}"[:300]
+    return lines[0][:300] if lines else type(error).__name__
+
+
 def summarise(result_grid, metric: str, mode: str) -> list[dict]:
     """One row per trial: its role, config, best validation metric and how far it ran."""
     rows = []
@@ -180,7 +252,7 @@ def summarise(result_grid, metric: str, mode: str) -> list[dict]:
             "trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name,
             "role": cfg.get("role", "search"),
             "config": distill_part(cfg),
-            "error": str(r.error).splitlines()[0][:300] if r.error else None,
+            "error": failure_reason(r.error) if r.error else None,
         }
         if df is not None and metric in df and len(df):
             best = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
@@ -196,7 +268,9 @@ def summarise(result_grid, metric: str, mode: str) -> list[dict]:
         rows.append(row)
     key = "best_" + metric
     sign = -1 if mode == "max" else 1
-    rows.sort(key=lambda r: sign * r[key] if key in r else float("inf"))
+    # A failed trial ranks last whatever it reached before failing: a run that diverged is no
+    # candidate, however good its epochs before the NaN.
+    rows.sort(key=lambda r: (r["error"] is not None, sign * r[key] if key in r else float("inf")))
     return rows
 
 
@@ -208,7 +282,8 @@ def print_leaderboard(rows: list[dict], metric: str, max_epochs: int, top: int =
     for i, r in enumerate(rows[:top], 1):
         cfg = r["config"]
         vals = [_fmt(cfg.get(k)) for k in shown]
-        score = f"{r['best_' + metric]:.4f}" if "best_" + metric in r else "error"
+        score = f"{r['best_' + metric]:.4f}" if "best_" + metric in r else ""
+        score = f"{score} failed".strip() if r["error"] else score
         print(
             f"| {i} | {r['role']} | {score} | {r.get('epochs_run', 0)} | " + " | ".join(vals) + " |"
         )
@@ -227,7 +302,7 @@ def main(argv=None) -> int:
         from cmkd.space import SpaceError, load_space
 
         space = load_space(args.space)
-        if args.epochs:
+        if args.epochs is not None:  # --epochs 0 is an error, not 'unset'
             DistillConfig.from_dict({"epochs": args.epochs}, source="--epochs")
             if "epochs" in space.names:
                 raise ConfigError(f"--epochs: {space.path} searches epochs; drop one of the two")
@@ -266,7 +341,7 @@ def main(argv=None) -> int:
     except (ConfigError, SpaceError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    setup_wandb_env(args.wandb, root, name)
+    args.wandb = setup_wandb_env(args.wandb, root, name)  # the summary run logs the same way
     # `ray job stop`, a scheduler or `kill` send SIGTERM: exit through Python so that the local
     # Ray cluster this process started is shut down, not left holding the machine.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

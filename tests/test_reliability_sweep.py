@@ -1,0 +1,244 @@
+"""Faults injected into real sweeps on a real local Ray cluster, with real processes killed.
+
+Each test runs ``python -m cmkd.tune`` as a user would, in a subprocess that starts its own
+Ray cluster in its own temp dir (``RAY_TMPDIR``), and ends only the processes it started.
+What each one showed is tabled in docs/RELIABILITY.md.
+"""
+
+import json
+import os
+import pickle
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cmkd.data.synth import build_synth
+
+pytestmark = pytest.mark.ray
+DONE = re.compile(
+    r"\[\s*\d+s \d+/\d+ done\] (\S+) (?:finished|stopped by ASHA) after \d+ epoch\(s\), "
+    r"best val_acc ([0-9.]+)"
+)
+EPOCH = re.compile(r"\] (\S+) epoch (\d+)/\d+: val_acc")
+
+# Searched trials diverge in their first steps: the paper code's plain (not log-domain) Sinkhorn
+# at reg 0.001 underflows exp(-C/reg) to 0 and divides by it. The references do not search it:
+# reference-ucmkd runs the same OT at reg 0.1, 300 steps per epoch, long enough to be killed
+# mid-epoch.
+FAULTY_SPACE = """\
+description: searched trials diverge (Sinkhorn underflow); references train long epochs
+fixed:
+  algorithm: fa_only
+  fa: reference_ot
+  ot_reg: 0.001
+  epochs: 4
+  steps_per_epoch: 300
+  batch_size: 16
+params:
+  w_fa: {loguniform: [0.5, 2.0]}
+"""
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "synth"
+    build_synth(out, "synth", seed=0, train_per_class=30, val_per_class=20, test_per_class=20)
+    return out
+
+
+@pytest.fixture()
+def ray_tmp():
+    """A Ray temp dir of this test's own (short: Ray's socket paths must stay short)."""
+    path = tempfile.mkdtemp(prefix="cr", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def env(ray_tmp, **extra):
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_"))}
+    return {**e, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": ray_tmp, **extra}
+
+
+def tune_cmd(space, bench, storage, name, *extra):
+    return [
+        sys.executable, "-m", "cmkd.tune", "--space", str(space), "--benchmark", str(bench),
+        "--storage", str(storage), "--name", name, *extra,
+    ]  # fmt: skip
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def end(procs: list[psutil.Process]) -> None:
+    """Kill these processes (all started by this test), one by one, by their pid."""
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=15)
+
+
+def train_workers(pid: int) -> list[psutil.Process]:
+    out = []
+    for p in descendants(pid):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_nan_trials_fail_a_killed_worker_resumes_wandb_falls_back_and_no_key_leaks(
+    bench, tmp_path, ray_tmp
+):
+    """One sweep, four faults: searched trials whose loss turns NaN, a Train worker SIGKILLed
+    mid-epoch, W&B online with a fake key and a closed port, and the key as a marker to grep."""
+    key = "cmkdsecret" + secrets.token_hex(16)
+    space = tmp_path / "faulty.yaml"
+    space.write_text(FAULTY_SPACE)
+    storage = tmp_path / "runs"
+    cmd = tune_cmd(
+        space, bench, storage, "faults", "--num-samples", "2", "--final-seeds", "1",
+        "--max-concurrent", "1", "--wandb", "online",
+    )  # fmt: skip
+    e = env(ray_tmp, WANDB_API_KEY=key, WANDB_BASE_URL=f"http://127.0.0.1:{closed_port()}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e)
+    lines, killed, deadline = [], None, time.time() + 600
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            m = EPOCH.search(line)
+            if (
+                killed is None
+                and m
+                and m.group(1).startswith("reference-ucmkd")
+                and m.group(2) == "1"
+            ):
+                # One trial at a time: the only Train worker is this trial's, in its epoch 2.
+                (worker,) = train_workers(proc.pid)
+                worker.kill()
+                killed = (m.group(1), worker.pid)
+            assert time.time() < deadline, "".join(lines[-40:])
+        proc.wait(timeout=120)
+    finally:
+        leftover = descendants(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+        end(leftover)
+    out = "".join(lines)
+    assert proc.returncode == 0, out[-5000:]
+    assert killed is not None, out[-3000:]
+
+    # W&B: one warning, then the sweep logged offline
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and "cannot be reached" in warnings[0] and "offline" in warnings[0]
+    assert list((storage / "faults" / "wandb" / "wandb").glob("offline-run-*"))
+
+    results = json.loads((storage / "faults" / "results.json").read_text())
+    trials = {f"{t['role']}-{t['trial_id']}": t for t in results["trials"]}
+    assert len(trials) == 4
+    # NaN: both searched trials failed, with the reason, ranked last; the sweep went on
+    searched = [t for t in results["trials"] if t["role"] == "search"]
+    assert len(searched) == 2 and results["trials"][-2:] == searched
+    for t in searched:
+        assert t["error"].startswith("TrialDiverged: diverged in epoch 1: non-finite loss term(s)")
+        assert "fa=nan" in t["error"] or "fa=inf" in t["error"]
+        assert f"{t['role']}-{t['trial_id']} FAILED: TrialDiverged" in out
+    # ... and Optuna was told they failed (the searcher's own saved state, not our summary)
+    (state_file,) = (storage / "faults").glob("searcher-state-*.pkl")
+    with open(state_file, "rb") as f:
+        study = pickle.load(f)["inner"]._ot_study
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    # the winner is no diverged trial: only the references were retrained, nothing crashed
+    assert set(results["final"]) == {"reference-ce", "reference-ucmkd"}
+    assert not (storage / "faults" / "best.yaml").exists()
+
+    # the killed worker's trial resumed from its checkpoint: every epoch reported once
+    name, _ = killed
+    assert trials[name]["error"] is None and trials[name]["epochs_run"] == 4
+    assert len(trials[name]["curve"]) == 4, trials[name]["curve"]
+    assert [int(m.group(2)) for m in EPOCH.finditer(out) if m.group(1) == name] == [1, 2, 3, 4]
+    assert (
+        trials[
+            "reference-ce-"
+            + next(t["trial_id"] for t in results["trials"] if t["role"] == "reference-ce")
+        ]["epochs_run"]
+        == 4
+    )
+
+    # the key is nowhere: output, every file the sweep wrote, Ray's own session logs
+    assert key not in out
+    for root in (storage, Path(ray_tmp)):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert key.encode() not in path.read_bytes(), path
+
+
+def test_driver_killed_with_sigkill_resumes_with_every_finished_trial_kept(
+    bench, tmp_path, ray_tmp
+):
+    cmd = tune_cmd(
+        "smoke", bench, tmp_path, "killed", "--num-samples", "3", "--epochs", "2",
+        "--final-seeds", "0", "--wandb", "disabled",
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(ray_tmp)
+    )
+    finished, lines, deadline = {}, [], time.time() + 600
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            m = DONE.search(line)
+            if m:
+                finished[m.group(1)] = float(m.group(2))
+                if len(finished) >= 2:
+                    break
+            assert time.time() < deadline, "".join(lines[-40:])
+        cluster = descendants(proc.pid)  # its Ray cluster: ended with it, or by us below
+        proc.send_signal(signal.SIGKILL)  # no clean-up of any kind in the driver
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    end(cluster)
+    assert len(finished) >= 2, "".join(lines[-40:])
+    assert not (tmp_path / "killed" / "results.json").exists()
+
+    resumed = subprocess.run(
+        [*cmd, "--resume"], capture_output=True, text=True, env=env(ray_tmp), timeout=600
+    )
+    out = resumed.stdout
+    assert resumed.returncode == 0, out[-4000:] + resumed.stderr[-3000:]
+    assert "resuming the sweep" in out
+    trials = json.loads((tmp_path / "killed" / "results.json").read_text())["trials"]
+    assert len(trials) == 5 and all(t["error"] is None for t in trials)
+    by_name = {f"{t['role']}-{t['trial_id']}": t for t in trials}
+    for name, best in finished.items():
+        assert by_name[name]["best_val_acc"] == pytest.approx(best, abs=5e-5)  # same result
+        # not trained again: a trial whose end Tune had not yet recorded is restored from its
+        # last checkpoint, which already holds every epoch
+        assert not re.search(rf"\] {re.escape(name)} epoch \d", out), out[-3000:]
