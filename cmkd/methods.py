@@ -284,15 +284,17 @@ def evaluate(
     """
     was_training = student.training
     student.eval()
+    device = next(student.parameters()).device  # rows move to the model a chunk at a time
     correct_s = correct_t = 0
     loss = 0.0
-    for i in range(0, len(x), batch_size):
-        z = student.features(x[i : i + batch_size])
-        yb = y[i : i + batch_size]
-        logits = student.head(z)
-        loss += F.cross_entropy(logits, yb, reduction="sum").item()
-        correct_s += (logits.argmax(-1) == yb).sum().item()
-        correct_t += (teacher_head_logits(h_t, z).argmax(-1) == yb).sum().item()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            z = student.features(x[i : i + batch_size].to(device))
+            yb = y[i : i + batch_size].to(device)
+            logits = student.head(z)
+            loss += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct_s += (logits.argmax(-1) == yb).sum().item()
+            correct_t += (teacher_head_logits(h_t, z).argmax(-1) == yb).sum().item()
     student.train(was_training)
     n = max(len(x), 1)
     return {"acc": correct_s / n, "acc_teacher_head": correct_t / n, "ce": loss / n, "n": len(x)}

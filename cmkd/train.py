@@ -220,10 +220,11 @@ class SyncedOptimizer:
         return getattr(self.opt, name)
 
 
-def _all_sum(values: list[float], world: int) -> list[float]:
+def _all_sum(values: list[float], world: int, device: torch.device | str = "cpu") -> list[float]:
+    """Sum across ranks; the tensor lives on the run's device (NCCL reduces only GPU tensors)."""
     if world == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
 
@@ -244,11 +245,14 @@ class Run:
         *,
         rank: int = 0,
         world: int = 1,
+        device: torch.device | str = "cpu",
     ):
         torch.manual_seed(cfg.seed)
         self.cfg, self.data, self.rank, self.world = cfg, data, rank, world
+        self.device = torch.device(device)
         self.rng = np.random.default_rng([cfg.seed, rank])
-        self.student = make_student(data, data_cfg or DataConfig())
+        self.student = make_student(data, data_cfg or DataConfig()).to(self.device)
+        self.h_t = data.bank.head.to(self.device)  # frozen; the only teacher part a run runs
         opt = make_optimizer(cfg, self.student)
         if world > 1:
             for t in [*self.student.parameters(), *self.student.buffers()]:
@@ -258,7 +262,9 @@ class Run:
         self.step = make_step(cfg.algorithm, **cfg.step_kwargs())
         bank = data.bank
         self.sampler = BankSampler(bank.y, data.meta.num_classes, cfg.seed * 1000 + rank)
-        self.bank_t = tuple(torch.tensor(a) for a in (bank.z, bank.logits, bank.y))
+        self.bank_t = tuple(
+            torch.tensor(a, device=self.device) for a in (bank.z, bank.logits, bank.y)
+        )
         self.epoch, self.best, self.history = 0, None, []
         self.batch_source: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
         """Where streamed (x, y) batches come from; a Ray Train worker sets its shard's."""
@@ -282,11 +288,12 @@ class Run:
         z_bank, logits_bank, y_bank = self.bank_t
         sums, steps, rows_seen = {}, 0, 0
         for x_s, y_s in self._batches():
-            rows = torch.from_numpy(self.sampler.class_matched(y_s.numpy()))
+            rows = torch.from_numpy(self.sampler.class_matched(y_s.numpy())).to(self.device)
             # index_select: advanced indexing of the bank took ~1000x longer at batch 256 under load
             z_t, y_t, logits_t = (t.index_select(0, rows) for t in (z_bank, y_bank, logits_bank))
+            x_s, y_s = x_s.to(self.device), y_s.to(self.device)
             batch = Batch(x_s, y_s, z_t, y_t, logits_t)
-            for k, v in self.step(self.student, self.data.bank.head, self.opt, batch).items():
+            for k, v in self.step(self.student, self.h_t, self.opt, batch).items():
                 sums[k] = sums.get(k, 0.0) + v
             steps, rows_seen = steps + 1, rows_seen + len(y_s)
         out = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
@@ -295,10 +302,10 @@ class Run:
     def _score(self, split: str) -> dict[str, float]:
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
         x, y = x[self.rank :: self.world], y[self.rank :: self.world]
-        ev = evaluate(self.student, self.data.bank.head, x, y)
+        ev = evaluate(self.student, self.h_t, x, y)
         n = ev["n"]
         acc, acc_t, ce, n = _all_sum(
-            [ev["acc"] * n, ev["acc_teacher_head"] * n, ev["ce"] * n, n], self.world
+            [ev["acc"] * n, ev["acc_teacher_head"] * n, ev["ce"] * n, n], self.world, self.device
         )
         return {
             f"{split}_acc_student_head": acc / n,
@@ -331,7 +338,8 @@ class Run:
         t0 = time.perf_counter()
         self.epoch += 1
         metrics = {"epoch": self.epoch, **self.train_epoch(), **self.evaluate()}
-        metrics["train_rows"] = int(_all_sum([metrics["train_rows"]], self.world)[0])
+        rows = _all_sum([metrics["train_rows"]], self.world, self.device)[0]
+        metrics["train_rows"] = int(rows)
         metrics["epoch_s"] = time.perf_counter() - t0
         self.history.append(metrics)
         if self.best is None or metrics["val_acc"] > self.best["val_acc"]:

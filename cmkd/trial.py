@@ -193,14 +193,23 @@ def worker_loop(config: dict) -> None:
         (np.zeros(0, np.float32), np.zeros(0, np.int64)) if streamed else _train_shard()
     )
     data = unpack(payload, x_train.reshape(-1, *payload["x_val"].shape[1:]), y_train)
-    run = Run(cfg, data, DataConfig.model_validate(config["data"]), rank=rank, world=world)
+    run = Run(
+        cfg,
+        data,
+        DataConfig.model_validate(config["data"]),
+        rank=rank,
+        world=world,
+        device=ray.train.torch.get_device(),  # this rank's GPU when the trial has GPUs
+    )
     if streamed:
         run.batch_source = _shard_batches(cfg.batch_size, cfg.seed * 1000 + rank)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             # weights_only: a checkpoint is data; unpickling arbitrary objects could run code
-            run.load_state_dict(torch.load(Path(d) / STATE_FILE, weights_only=True))
+            run.load_state_dict(
+                torch.load(Path(d) / STATE_FILE, weights_only=True, map_location=run.device)
+            )
     while run.epoch < cfg.epochs:
         try:
             metrics = run.run_epoch()
