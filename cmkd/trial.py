@@ -210,6 +210,14 @@ def worker_loop(config: dict) -> None:
             run.load_state_dict(
                 torch.load(Path(d) / STATE_FILE, weights_only=True, map_location=run.device)
             )
+    if run.epoch >= cfg.epochs and run.history:
+        # Restored after its last epoch (a driver killed before Tune saved the trial's end):
+        # report its epochs again, unchanged, or the trial would end on a result without its
+        # metric and its resumed record would lack its curve.
+        best = None
+        for m in run.history:
+            best = m if best is None or m["val_acc"] > best["val_acc"] else best
+            ray.train.report({**m, **{f"best_{k}": best[k] for k in BEST_KEYS}})
     while run.epoch < cfg.epochs:
         try:
             metrics = run.run_epoch()
@@ -217,15 +225,20 @@ def worker_loop(config: dict) -> None:
             if marker:
                 write_marker(marker, f"diverged in epoch {run.epoch}: {e}")
             raise
-        metrics.update(
-            {f"best_{k}": run.best[k] for k in ("val_acc", "test_acc", "test_acc_teacher_head")}
-        )
+        metrics = _with_best(metrics, run)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
                 torch.save(run.state_dict(), Path(tmp) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
+
+
+BEST_KEYS = ("val_acc", "test_acc", "test_acc_teacher_head")
+
+
+def _with_best(metrics: dict, run: Run) -> dict:
+    return {**metrics, **{f"best_{k}": run.best[k] for k in BEST_KEYS}}
 
 
 def train_dataset(x: np.ndarray, y: np.ndarray, stream: TrainStream | None) -> ray.data.Dataset:

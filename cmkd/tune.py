@@ -247,6 +247,8 @@ def summarise(result_grid, metric: str, mode: str) -> list[dict]:
     rows = []
     for r in result_grid:
         df = r.metrics_dataframe
+        if df is not None and "epoch" in df:  # an epoch reported again after a resume counts once
+            df = df.drop_duplicates("epoch", keep="last")
         cfg = r.config or {}
         row = {
             "trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name,
