@@ -518,15 +518,10 @@ def log_to_wandb(mode: str, project: str, sweep: dict, tables: dict, figs: dict,
     if mode == "online" and not os.environ.get("WANDB_API_KEY"):
         print("warning: --wandb online but WANDB_API_KEY is not set; logging offline instead")
         mode = "offline"
+    from cmkd.tune import keep_wandb_in
+
     base = out / "wandb"
-    for var, sub in (
-        ("WANDB_DIR", ""),
-        ("WANDB_CACHE_DIR", ".cache"),
-        ("WANDB_CONFIG_DIR", ".config"),
-        ("WANDB_DATA_DIR", ".data"),
-    ):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault(var, str(base / sub))
+    keep_wandb_in(base)
     os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb

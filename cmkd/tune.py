@@ -204,16 +204,20 @@ def setup_wandb_env(mode: str, root: str, name: str) -> str:
     os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
     if "://" not in root:  # keep W&B's folders inside the sweep, none left in /tmp or ~
-        base = Path(root) / name / "wandb"
-        for var, sub in (
-            ("WANDB_DIR", ""),
-            ("WANDB_CACHE_DIR", ".cache"),
-            ("WANDB_CONFIG_DIR", ".config"),
-            ("WANDB_DATA_DIR", ".data"),
-        ):
-            (base / sub).mkdir(parents=True, exist_ok=True)
-            os.environ.setdefault(var, str(base / sub))
+        keep_wandb_in(Path(root) / name / "wandb")
     return mode
+
+
+def keep_wandb_in(base: Path) -> None:
+    """Point W&B's run, cache, config and data folders under ``base`` (unless already set)."""
+    for var, sub in (
+        ("WANDB_DIR", ""),
+        ("WANDB_CACHE_DIR", ".cache"),
+        ("WANDB_CONFIG_DIR", ".config"),
+        ("WANDB_DATA_DIR", ".data"),
+    ):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault(var, str(base / sub))
 
 
 def references(space) -> list[dict]:
