@@ -71,6 +71,17 @@ def write_bank(
     return directory
 
 
+def _read(path: Path, reader):
+    """reader(path), with any failure to parse turned into a BankError that names the file."""
+    try:
+        return reader(path)
+    except Exception as err:
+        raise BankError(
+            f"{path}: cannot be read ({type(err).__name__}: {str(err)[:200]}); the bank is "
+            f"corrupt or truncated, rebuild it with `python -m cmkd.teacher ... --out {path.parent}`"
+        ) from err
+
+
 @dataclass(frozen=True, eq=False)
 class TeacherBank:
     """A loaded bank. z: (M, D) float32, logits: (M, C) float32, y: (M,) int64."""
@@ -91,20 +102,22 @@ class TeacherBank:
                     f"{directory / name}: missing; build the bank with "
                     f"`python -m cmkd.teacher --benchmark ... --modality ... --out {directory}`"
                 )
-        info = json.loads((directory / INFO_FILE).read_text())
+        info = _read(directory / INFO_FILE, lambda f: json.loads(f.read_text()))
         if fingerprint is not None and info.get("fingerprint") != fingerprint:
             raise BankError(
                 f"{directory / INFO_FILE}: this bank was built from benchmark "
                 f"{info.get('benchmark')!r} (fingerprint {info.get('fingerprint')}), not from the "
                 f"benchmark of this run (fingerprint {fingerprint}); rebuild it"
             )
-        table = pq.read_table(directory / BANK_FILE)
+        table = _read(directory / BANK_FILE, pq.read_table)
         d, c = info["feature_dim"], info["num_classes"]
         # Copies: arrays read from parquet are read-only, and torch.from_numpy warns on those.
         z = table.column("z").combine_chunks().flatten().to_numpy().reshape(-1, d).copy()
         logits = table.column("logits").combine_chunks().flatten().to_numpy().reshape(-1, c).copy()
         head = linear_head(d, c)
-        head.load_state_dict(torch.load(directory / HEAD_FILE, weights_only=True))
+        head.load_state_dict(
+            _read(directory / HEAD_FILE, lambda f: torch.load(f, weights_only=True))
+        )
         return cls(
             z=z,
             logits=logits,

@@ -63,7 +63,13 @@ def build_teacher(spec: dict) -> nn.Sequential:
 def load_teacher(checkpoint: str | Path | dict) -> tuple[nn.Module, nn.Linear, dict]:
     """(encoder, head, spec) of a saved teacher, in eval mode. checkpoint: teacher.pt or its dict."""
     if not isinstance(checkpoint, dict):
-        checkpoint = torch.load(checkpoint, weights_only=True, map_location="cpu")
+        try:
+            checkpoint = torch.load(checkpoint, weights_only=True, map_location="cpu")
+        except Exception as err:
+            raise ValueError(
+                f"{checkpoint}: cannot be read as a teacher checkpoint ({type(err).__name__}); "
+                "retrain it with `python -m cmkd.teacher`"
+            ) from err
     model = build_teacher(checkpoint["spec"])
     model.load_state_dict(checkpoint["state"])
     model.eval()

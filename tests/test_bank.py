@@ -52,6 +52,15 @@ def test_missing_bank_file_is_named(tmp_path):
         TeacherBank.load(tmp_path / "bank")
 
 
+@pytest.mark.parametrize("name", ["head.pt", "bank.parquet", "bank.json"])
+def test_corrupt_bank_file_is_named(tmp_path, name):
+    make_bank(tmp_path)
+    path = tmp_path / "bank" / name
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(BankError, match=rf"{name}: cannot be read .*rebuild it"):
+        TeacherBank.load(tmp_path / "bank")
+
+
 def test_class_matched_rows_have_the_students_classes_and_vary():
     y_bank = np.repeat(np.arange(4), [5, 1, 7, 3])
     sampler = BankSampler(y_bank, 4, seed=0)

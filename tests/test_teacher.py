@@ -52,6 +52,14 @@ def test_teacher_saved_before_encoder_options_still_loads(tmp_path):
     assert torch.equal(head2(encoder2(x)), model(x))
 
 
+def test_truncated_teacher_checkpoint_is_named(tmp_path):
+    path = tmp_path / TEACHER_FILE
+    torch.save({"spec": {}, "state": {"w": torch.zeros(100)}}, path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"teacher.pt: cannot be read as a teacher checkpoint"):
+        load_teacher(path)
+
+
 def test_unknown_engine_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"engine 'spark': expected one of \['local', 'ray'\]"):
         train_teacher(tmp_path / "nowhere", "a", tmp_path / "out", engine="spark")
