@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmarks import gpu, throughput
+from benchmarks import gpu, quality, throughput
 from benchmarks.bank import forward_flops
 
 
@@ -35,3 +35,25 @@ def test_gpu_script_without_a_gpu_says_so_and_keeps_measured_results(tmp_path, m
     out.write_text(f"# results\n\n{gpu.MEASURED}\n| step | 1.0 |\n")
     assert gpu.main(["--out", str(out)]) == 0
     assert gpu.MEASURED in out.read_text()  # measurements from a GPU are not overwritten
+
+
+def _regime(**acc):
+    names = {"ce": "CE only", "kd": "unpaired KD", "sum": "reference UCMKD sum",
+             "bilevel": "reference UCMKD bilevel", "win": quality.WINNER, "full": quality.FULL}  # fmt: skip
+    return {"rows": {names[k]: [{"test_acc": v / 100}] for k, v in acc.items()}}
+
+
+def test_quality_targets_say_met_or_missed_and_by_how_much():
+    cache = {
+        "avdigits audio<-image 5": _regime(ce=20, kd=21, sum=19, bilevel=22, win=30, full=50),
+        "synth-nohelp 5": _regime(ce=60, kd=59, sum=58, bilevel=61, win=59.5, full=90),
+    }
+    text = "\n".join(quality.targets(cache))
+    # half of the 30-point gap above 20 is 35: the winner at 30 misses it by 5, share 10/30
+    assert "half the gap is 35.0: **MISSED by 5.0 points** (share +0.33)" in text
+    # beats the references on avdigits (30 vs 22) but not on synth-nohelp (59.5 vs 61)
+    assert "in 1 of 2 regimes" in text and "**synth-nohelp 5 (-1.5)**" in text
+    assert "winner − CE = -0.5 points: **MISSED by 0.5 points**" in text
+    cache["avdigits audio<-image 5"] = _regime(ce=20, kd=21, sum=19, bilevel=22, win=36, full=50)
+    assert "**met** (share +0.53)" in "\n".join(quality.targets(cache))
+    assert quality.share(25.0, 30.0, 30.0) == "n/a (no gap)"
