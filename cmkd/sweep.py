@@ -190,8 +190,12 @@ def final_retrain(
     payload_ref: list,
     train_ref: list,
     cpus: float,
-) -> dict[str, dict]:
-    """Retrain each named config with every seed on the full schedule, in parallel Ray tasks."""
+) -> tuple[dict[str, dict], dict[str, list]]:
+    """Retrain each named config with every seed on the full schedule, in parallel Ray tasks.
+
+    Returns (final, failed): final[name] holds the seeds that finished and their mean and std;
+    failed[name] lists {seed, error} for every seed that did not, so results.json keeps both.
+    """
 
     @ray.remote(num_cpus=cpus)
     def retrain(distill: dict, seed: int) -> dict:
@@ -209,22 +213,23 @@ def final_retrain(
 
     futures = {(name, s): retrain.remote(cfg, s) for name, cfg in configs.items() for s in seeds}
     out = {name: {"config": cfg, "runs": []} for name, cfg in configs.items()}
+    failed: dict[str, list] = {}
     for (name, s), fut in futures.items():
         try:
             out[name]["runs"].append({"seed": s, **ray.get(fut)})
         except ray.exceptions.RayError as e:  # a seed that diverges is reported, not fatal
             reason = failure_reason(e)
             print(f"warning: final retrain of {name} with seed {s} failed: {reason}", flush=True)
-            out[name].setdefault("failed", []).append({"seed": s, "error": reason})
+            failed.setdefault(name, []).append({"seed": s, "error": reason})
     for name, entry in list(out.items()):
         if not entry["runs"]:
-            del out[name]  # every seed failed: named in the warnings above, no mean to report
+            del out[name]  # every seed failed: kept in `failed`, no mean to report
             continue
         for key in ("test_acc", "test_acc_teacher_head", "val_acc"):
             vals = [r[key] for r in entry["runs"]]
             entry[key + "_mean"] = statistics.fmean(vals)
             entry[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return out
+    return out, failed
 
 
 RESULT_FILES = ("results.json", "best.yaml")
@@ -403,7 +408,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     for role in ("reference-ce", "reference-ucmkd"):
         if role in by_role:
             configs[role] = by_role[role]["config"]
-    final = {}
+    final, final_failed = {}, {}
     if args.final_seeds > 0 and configs:
         seeds = list(range(args.final_seeds))
         print(
@@ -411,7 +416,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             f"schedule ({max_epochs} epochs)",
             flush=True,
         )
-        final = final_retrain(
+        final, final_failed = final_retrain(
             configs, data_cfg, seeds, payload_ref, train_ref, cpus=min(1.0, cluster.get("CPU", 1))
         )
     total_s = time.perf_counter() - t_start
@@ -427,6 +432,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         "metric": space.metric,
         "trials": rows,
         "final": final,
+        "final_failed": final_failed,
         "sweep_s": sweep_s,
         "total_s": total_s,
         "prepare_s": getattr(args, "prepare_s", None),

@@ -12,7 +12,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from test_reliability import closed_port
 
 from cmkd.data.synth import build_synth
 
@@ -102,14 +102,6 @@ def train_workers(pid: int) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return out
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_nan_trials_fail_a_killed_worker_resumes_wandb_falls_back_and_no_key_leaks(
@@ -262,3 +254,35 @@ def test_driver_killed_with_sigkill_resumes_with_every_finished_trial_kept(
             for v in re.findall(rf"\] {re.escape(name)} epoch \d/2: val_acc ([0-9.]+)", out)
         ]
         assert again in ([], earlier), (name, earlier, again)
+
+
+def test_final_retrain_records_a_seed_that_diverges_and_keeps_the_others(bench, ray_tmp):
+    """A config whose every seed diverges is named in `failed` with its reason, not dropped
+    silently; the config beside it keeps its seeds and its mean."""
+    import ray
+
+    from cmkd.config import DataConfig, DistillConfig
+    from cmkd.sweep import final_retrain
+    from cmkd.train import load_run_data
+    from cmkd.trial import pack
+
+    data_cfg = DataConfig(benchmark=str(bench))
+    data = load_run_data(data_cfg, log=lambda *_: None)
+    ok = DistillConfig(epochs=1, steps_per_epoch=2, batch_size=16).model_dump()
+    bad = {**ok, "algorithm": "fa_only", "fa": "reference_ot", "ot_reg": 0.001}
+    ray.init(num_cpus=2, logging_level="ERROR", log_to_driver=False, _temp_dir=ray_tmp)
+    try:
+        final, failed = final_retrain(
+            {"ok": ok, "bad": bad},
+            data_cfg,
+            [0, 1],
+            [ray.put(pack(data))],
+            [ray.put((data.x_train.numpy(), data.y_train.numpy()))],
+            cpus=1.0,
+        )
+    finally:
+        ray.shutdown()
+    assert list(final) == ["ok"] and [r["seed"] for r in final["ok"]["runs"]] == [0, 1]
+    assert 0.0 <= final["ok"]["test_acc_mean"] <= 1.0
+    assert [f["seed"] for f in failed["bad"]] == [0, 1] and "ok" not in failed
+    assert all("non-finite" in f["error"] or "NaN" in f["error"] for f in failed["bad"]), failed
