@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.publish import publish
 from cmkd.config import DataConfig, DistillConfig
 from cmkd.data import load_split
 from cmkd.methods import Batch
@@ -200,10 +201,7 @@ def main(argv=None) -> None:
         "with free loss terms. 'Same ratio in FLOPs' is S / (S + T) counted by FlopCounterMode "
         "(matmuls and convolutions only: the Sinkhorn loop's exp and logsumexp are not counted).",
     ]
-    text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print("\n" + text + f"\nwritten to {args.out}")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

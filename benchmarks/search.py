@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.publish import publish
 from cmkd.config import DataConfig, DistillConfig
 from cmkd.space import load_space
 from cmkd.train import Run, load_run_data
@@ -209,10 +210,7 @@ def main(argv=None) -> None:
     png = args.out.with_suffix(".png")
     plot(curves, png)
     lines += ["", f"![best validation accuracy against trial-epochs and wall time]({png.name})"]
-    text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print("\n" + text + f"\nwritten to {args.out} and {png}")
+    publish(lines, args.out, png)
 
 
 if __name__ == "__main__":

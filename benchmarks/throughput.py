@@ -31,6 +31,8 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.publish import publish
+
 GB = 2**30
 
 
@@ -202,10 +204,7 @@ def main(argv=None) -> None:
             lines.append(
                 f"| `{k}` | {count} | {pss / GB:.2f} | {pss / count / 2**20:.0f} | {rss / GB:.2f} |"
             )
-    text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print("\n" + text + f"\nwritten to {args.out}")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,12 @@ def test_quality_targets_say_met_or_missed_and_by_how_much():
     cache["avdigits audio<-image 5"] = _regime(ce=20, kd=21, sum=19, bilevel=22, win=36, full=50)
     assert "**met** (share +0.53)" in "\n".join(quality.targets(cache))
     assert quality.share(25.0, 30.0, 30.0) == "n/a (no gap)"
+
+
+def test_publish_writes_the_table_in_a_new_folder_and_names_every_file(tmp_path, capsys):
+    from benchmarks.publish import publish
+
+    out = tmp_path / "new" / "t.md"
+    text = publish(["# t", "", "| a |", "|---|"], out, tmp_path / "new" / "t.png")
+    assert out.read_text() == text == "# t\n\n| a |\n|---|\n"
+    assert f"written to {out} and {tmp_path / 'new' / 't.png'}" in capsys.readouterr().out
