@@ -173,14 +173,10 @@ def make_scheduler(space, max_epochs: int) -> ASHAScheduler:
 def wandb_callbacks(mode: str, project: str, group: str) -> list:
     if mode == "disabled":
         return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from cmkd.wandb_log import WandbRuns
 
-    # upload_timeout bounds how long the end of the sweep waits on W&B (default 30 min).
-    return [
-        WandbLoggerCallback(
-            project=project, group=group, mode=mode, upload_timeout=10, excludes=["checkpoint_path"]
-        )
-    ]
+    # One run per trial, logged from this process (not an actor and a service per trial).
+    return [WandbRuns(project=project, group=group, mode=mode, excludes=("checkpoint_path",))]
 
 
 def final_retrain(
