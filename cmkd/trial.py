@@ -150,8 +150,16 @@ def unpack(payload: dict, x_train: np.ndarray, y_train: np.ndarray) -> RunData:
     )
 
 
-def _train_shard() -> tuple[np.ndarray, np.ndarray]:
-    """This rank's labelled rows, read once from its Ray Data shard and kept in memory."""
+def _train_shard(train_ref: list | None, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's labelled rows, kept in memory: from the sweep's object-store copy of the rows
+    (``train_ref``, put once for every trial), every ``world``-th row from ``rank`` on and the same
+    count on every rank, as Ray Data's equal split; without it, read once from the rank's Ray
+    Data shard. The object store spares each trial Ray Data's split coordinator (0.12 GB) and
+    the sweep Ray Data's stats actor (0.11 GB)."""
+    if train_ref is not None:
+        x, y = ray.get(train_ref[0])
+        keep = slice(rank, len(y) // world * world, world)
+        return x[keep].astype(np.float32), y[keep].astype(np.int64)
     shard = ray.train.get_dataset_shard("train")
     xs, ys = [], []
     for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
@@ -190,7 +198,9 @@ def worker_loop(config: dict) -> None:
     payload = ray.get(config["payload"][0])
     streamed = payload["train_stream"] is not None
     x_train, y_train = (
-        (np.zeros(0, np.float32), np.zeros(0, np.int64)) if streamed else _train_shard()
+        (np.zeros(0, np.float32), np.zeros(0, np.int64))
+        if streamed
+        else _train_shard(config.get("train"), rank, world)
     )
     data = unpack(payload, x_train.reshape(-1, *payload["x_val"].shape[1:]), y_train)
     run = Run(
@@ -278,13 +288,16 @@ def trial_driver(
     reason = read_marker(diverged_uri)
     if reason is not None:  # Tune's retry of a diverged trial: fail at once, train nothing
         raise TrialDiverged(reason)
-    x_train, y_train = ray.get(train_ref[0])
+    # Rows in memory travel through the object store (each worker takes its share of
+    # ``train_ref``); only streamed rows are a Ray Data dataset, read lazily from parquet.
+    datasets = {} if stream is None else {"train": train_dataset(None, None, stream)}
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
             "distill": {k: v for k, v in config.items() if k in DistillConfig.model_fields},
             "data": data_cfg,
             "payload": payload_ref,
+            "train": train_ref if stream is None else None,
             "diverged_uri": diverged_uri,
         },
         torch_config=TorchConfig(backend="nccl" if resources.gpus_per_worker else "gloo"),
@@ -302,7 +315,7 @@ def trial_driver(
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=[TuneReportCallback()],
         ),
-        datasets={"train": train_dataset(x_train, y_train, stream)},
+        datasets=datasets,
     )
     try:
         trainer.fit()
