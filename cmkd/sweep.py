@@ -332,6 +332,12 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     """Start (or resume) the sweep on the cluster, then retrain and write the results."""
     ray_env()
     if not ray.is_initialized():
+        # The local cluster started here: Train's preemption watcher, an actor per trial (about
+        # 0.1 GB) that watches for nodes being drained, has no other node to watch. (Attached
+        # to a running cluster, its processes keep their own environment.) The dashboard stays:
+        # without it Ray serves no State API, and Train's placement group cleaner, which asks it
+        # whether a trial's controller is gone, never frees the CPUs of a trial ASHA stopped.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(logging_level="ERROR", log_to_driver=False)
     cluster = ray.cluster_resources()
     resources = for_machine(

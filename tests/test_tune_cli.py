@@ -1,5 +1,7 @@
 """`python -m cmkd.tune` refuses bad input before any Ray work, naming what to fix."""
 
+import os
+
 import pytest
 
 from cmkd import tune
@@ -102,3 +104,29 @@ def test_resources_fit_a_two_cpu_machine():
     assert gpus.concurrency({"CPU": 16.0, "GPU": 4.0}) == 2
     with pytest.raises(ValueError, match="fractional GPUs break DDP"):
         for_machine(two, 2, 0.5, None)
+
+
+def test_local_cluster_runs_no_preemption_watcher(monkeypatch):
+    import ray
+
+    from cmkd import sweep
+
+    class Started(Exception):
+        pass
+
+    seen = []
+
+    def init(**kwargs):
+        seen.append(kwargs)
+        raise Started
+
+    monkeypatch.setattr(sweep, "ray_env", lambda: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    with pytest.raises(Started):
+        sweep.run_sweep(tune.parse_args([]), None, None, None, "n", "/nowhere", 0.0)
+    # a one-machine cluster has no other node to lose: no watcher actor per trial
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    # the dashboard stays: Train's placement group cleaner needs the State API it serves
+    assert "include_dashboard" not in seen[-1]
