@@ -16,6 +16,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from cmkd.config import DataConfig, DistillConfig, Experiment
+from cmkd.placement import IdleGroupReaper
 from cmkd.trial import Resources, for_machine, pack, trial_driver
 from cmkd.tune import failure_reason, print_leaderboard, references, summarise
 
@@ -388,7 +389,9 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
                 verbose=0,  # Progress prints one line per event instead of Tune's tables
             ),
         )
-    grid = tuner.fit()
+    # Frees the CPUs a stopped trial's Train worker group can leave reserved (cmkd/placement.py).
+    with IdleGroupReaper(idle_s=60, say=lambda m: print(f"note: {m}", flush=True)):
+        grid = tuner.fit()
     sweep_s = time.perf_counter() - t_start
     finished = grid.num_terminated + grid.num_errors
     if finished < args.num_samples + 2:  # Ctrl-C or a stopped driver: keep what is done
