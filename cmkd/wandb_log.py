@@ -11,6 +11,7 @@ the trial's config, every numeric result at step ``training_iteration``.
 from __future__ import annotations
 
 import numbers
+import threading
 
 import numpy as np
 from ray.tune.logger import LoggerCallback
@@ -19,6 +20,8 @@ from ray.tune.utils import flatten_dict
 TO_CONFIG = ("trial_id", "experiment_tag", "node_ip", "experiment_id", "hostname", "pid", "date")
 """Result keys that describe the trial rather than measure it: kept in the run's config."""
 NOT_LOGGED = ("done", "should_checkpoint", "config")
+WAIT_S = 10.0
+"""The longest W&B may hold the sweep: to start a run, and to finish one (its upload)."""
 
 
 def _number(v) -> bool:
@@ -34,6 +37,12 @@ class WandbRuns(LoggerCallback):
         self.project, self.group, self.mode = project, group, mode
         self.excludes = (*NOT_LOGGED, *excludes)
         self._runs: dict = {}
+        self._warned: set[str] = set()
+
+    def _warn_once(self, kind: str, text: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            print(f"warning: {text}", flush=True)
 
     def _skip(self, key: str) -> bool:
         return any(key == e or key.startswith(e + "/") for e in self.excludes)
@@ -44,24 +53,40 @@ class WandbRuns(LoggerCallback):
         import wandb
 
         config = {k: v for k, v in trial.config.items() if not self._skip(k)}
-        self._runs[trial] = wandb.init(
-            project=self.project,
-            group=self.group,
-            mode=self.mode,
-            id=trial.trial_id,
-            name=str(trial),
-            config={**config, "trial_log_path": trial.local_path},
-            allow_val_change=True,
-            reinit="create_new",  # runs of concurrent trials side by side in one process
-            # The driver's CPU and console say nothing about a trial: no system metrics, no
-            # capture of the sweep's own output.
-            settings=wandb.Settings(console="off", x_disable_stats=True),
-        )
+
+        def start(mode: str):
+            return wandb.init(
+                project=self.project,
+                group=self.group,
+                mode=mode,
+                id=trial.trial_id,
+                name=str(trial),
+                config={**config, "trial_log_path": trial.local_path},
+                allow_val_change=True,
+                reinit="create_new",  # runs of concurrent trials side by side in one process
+                # The driver's CPU and console say nothing about a trial: no system metrics, no
+                # capture of the sweep's own output. A server that went away costs WAIT_S.
+                settings=wandb.Settings(console="off", x_disable_stats=True, init_timeout=WAIT_S),
+            )
+
+        try:
+            self._runs[trial] = start(self.mode)
+        except Exception as e:  # noqa: BLE001 - logging never takes the sweep down
+            if self.mode != "online":
+                self._warn_once("init", f"W&B run of {trial} not started ({e}); the trial goes on")
+                return
+            self._warn_once(
+                "online", f"W&B unreachable during the sweep ({e}); later runs are offline"
+            )
+            self.mode = "offline"
+            self.log_trial_start(trial)
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         if trial not in self._runs:
             self.log_trial_start(trial)
-        run = self._runs[trial]
+        run = self._runs.get(trial)
+        if run is None:  # its run could not start: warned once already
+            return
         log, config = {}, {}
         for k, v in flatten_dict(result, delimiter="/").items():
             if self._skip(k):
@@ -76,8 +101,19 @@ class WandbRuns(LoggerCallback):
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         run = self._runs.pop(trial, None)
-        if run is not None:
-            run.finish(exit_code=1 if failed else 0)
+        if run is None:
+            return
+        # An upload that hangs (the server went away mid-sweep) must not hold the sweep: wait
+        # WAIT_S, then go on; the run stays in the local W&B folder for `wandb sync`.
+        done = threading.Thread(target=run.finish, kwargs={"exit_code": int(failed)}, daemon=True)
+        done.start()
+        done.join(WAIT_S)
+        if done.is_alive():
+            self._warn_once(
+                "finish",
+                f"W&B did not finish uploading {trial} within {WAIT_S:.0f} s; the sweep goes on "
+                "and the run is kept in the sweep's wandb folder (`wandb sync` it later)",
+            )
 
     def on_experiment_end(self, trials, **info) -> None:
         for trial in list(self._runs):  # trials Tune did not end (an interrupted sweep)

@@ -56,3 +56,50 @@ def test_concurrent_trials_each_get_their_own_run(wandb_dir):
     assert all(
         any(f.suffix == ".wandb" and f.stat().st_size > 0 for f in p.iterdir()) for p in found
     )
+
+
+def test_an_upload_that_hangs_holds_the_sweep_only_wait_s(monkeypatch, capsys):
+    import time
+
+    from cmkd import wandb_log
+
+    class HangingRun:
+        def finish(self, exit_code=0):
+            time.sleep(30)
+
+    monkeypatch.setattr(wandb_log, "WAIT_S", 0.5)
+    cb = WandbRuns(project="cmkd", group="g", mode="online")
+    trials = [FakeTrial(f"t{i}", {}, "/x") for i in range(2)]
+    cb._runs = {t: HangingRun() for t in trials}
+    t0 = time.perf_counter()
+    for t in trials:
+        cb.log_trial_end(t)
+    assert time.perf_counter() - t0 < 3 and not cb._runs
+    out = capsys.readouterr().out
+    assert out.count("did not finish uploading") == 1 and "wandb sync" in out
+
+
+def test_a_server_lost_mid_sweep_turns_later_runs_offline(wandb_dir, monkeypatch, capsys):
+    import wandb
+
+    real_init, modes, started = wandb.init, [], []
+
+    def init(**kw):
+        modes.append(kw["mode"])
+        assert kw["settings"].init_timeout <= 10
+        if kw["mode"] == "online":
+            raise wandb.errors.CommError("timed out")
+        started.append(real_init(**kw))
+        return started[-1]
+
+    monkeypatch.setattr(wandb, "init", init)
+    cb = WandbRuns(project="cmkd", group="g", mode="online")
+    trial = FakeTrial("t0", {"lr": 0.1}, "/x")
+    cb.log_trial_result(1, trial, {"training_iteration": 1, "val_acc": 0.5})
+    cb.log_trial_end(trial)
+    cb.log_trial_start(FakeTrial("t1", {}, "/x"))
+    cb.on_experiment_end([])
+    assert modes == ["online", "offline", "offline"] and cb.mode == "offline"
+    assert capsys.readouterr().out.count("W&B unreachable during the sweep") == 1
+    assert len(started) == 2 and all(r.offline for r in started)
+    assert [r.id for r in started] == ["t0", "t1"]
