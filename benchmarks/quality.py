@@ -147,9 +147,13 @@ def fmt(accs: list[float]) -> str:
     return f"{100 * statistics.fmean(accs):.1f} ± {100 * sd:.1f}"
 
 
+MIN_GAP = 2.0
+"""Points: below this, full-label and CE are within the seeds' noise and a share means nothing."""
+
+
 def share(value: float, ce: float, full: float) -> str:
     gap = full - ce
-    return "n/a (no gap)" if gap <= 0 else f"{(value - ce) / gap:+.2f}"
+    return f"n/a (gap {gap:+.1f})" if gap < MIN_GAP else f"{(value - ce) / gap:+.2f}"
 
 
 def targets(cache: dict) -> list[str]:

@@ -56,7 +56,8 @@ def test_quality_targets_say_met_or_missed_and_by_how_much():
     assert "winner − CE = -0.5 points: **MISSED by 0.5 points**" in text
     cache["avdigits audio<-image 5"] = _regime(ce=20, kd=21, sum=19, bilevel=22, win=36, full=50)
     assert "**met** (share +0.53)" in "\n".join(quality.targets(cache))
-    assert quality.share(25.0, 30.0, 30.0) == "n/a (no gap)"
+    assert quality.share(25.0, 30.0, 30.0) == "n/a (gap +0.0)"
+    assert quality.share(25.0, 30.0, 31.5) == "n/a (gap +1.5)"  # inside the seeds' noise
 
 
 def test_publish_writes_the_table_in_a_new_folder_and_names_every_file(tmp_path, capsys):
