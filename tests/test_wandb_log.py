@@ -1,5 +1,7 @@
 """The sweep's W&B callback: one offline run per trial, concurrent runs in one process."""
 
+from pathlib import Path
+
 import pytest
 
 from cmkd.wandb_log import WandbRuns
@@ -51,8 +53,11 @@ def test_concurrent_trials_each_get_their_own_run(wandb_dir):
     cb.log_trial_end(trials[0])
     cb.on_experiment_end(trials)  # ends the other one
     assert cb._runs == {}
-    found = sorted((wandb_dir / "wandb").glob("offline-run-*"))
-    assert len(found) == 2 and {p.name.rsplit("-", 1)[1] for p in found} == {"t0", "t1"}
+    # Each run's own folder (W&B keeps the folder it was first given for the whole process, so
+    # ask the run where it wrote rather than assume this test's WANDB_DIR).
+    found = [Path(r.settings.sync_dir) for r in runs.values()]
+    assert [p.name.rsplit("-", 1)[1] for p in found] == ["t0", "t1"]
+    assert all(p.name.startswith("offline-run-") for p in found)
     assert all(
         any(f.suffix == ".wandb" and f.stat().st_size > 0 for f in p.iterdir()) for p in found
     )
