@@ -162,6 +162,11 @@ class DistillConfig(BaseModel):
         }
 
 
+VAL_PER_CLASS = 10
+"""Default validation rows per class: twice the default label budget, so that selection sees
+about 100 rows on 10 classes (about ±5 points of sampling error at 50% accuracy)."""
+
+
 class DataConfig(BaseModel):
     """Which data a run distils on: benchmark, modalities, label budget, student encoder."""
 
@@ -175,6 +180,12 @@ class DataConfig(BaseModel):
     """Teacher modality (default: the benchmark's first modality)."""
     labels_per_class: Annotated[int, Field(ge=1)] | Literal["all"] = 5
     """Labelled student samples per class (low-label regime), or all."""
+    val_per_class: Annotated[int, Field(ge=1)] | Literal["split"] = VAL_PER_CLASS
+    """Validation rows per class drawn from the student's labelled train rows, disjoint from the
+    training labels (a few-label user has no large validation set), or ``split``: the
+    benchmark's own validation table."""
+    seed: int = Field(0, ge=0)
+    """Seed of the labelled subset and of the validation draw (not of training)."""
     encoder: Literal["auto", "mlp", "cnn"] = "auto"
     """Student encoder: auto picks a CNN for (C, H, W) inputs and an MLP for vectors."""
     feature_dim: int | None = Field(None, ge=2, le=65_536)

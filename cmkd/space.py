@@ -53,7 +53,9 @@ SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 """Where :func:`load_space` finds a space given by bare name."""
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-_TOP_KEYS = ("description", "metric", "mode", "fixed", "params")
+_TOP_KEYS = ("description", "metric", "mode", "fixed", "params", "start", "finalists")
+FINALISTS = 3
+"""Default number of top candidates retrained on fresh seeds at the end of a sweep."""
 _PARAM_KEYS = (*DISTRIBUTIONS, "when", "log")
 _GRID_KEYS = ("grid_search", "grid")
 
@@ -122,11 +124,63 @@ class SearchSpace:
     mode: Literal["max", "min"]
     fixed: dict[str, Any]
     params: tuple[Param, ...]
+    start: tuple[dict[str, Any], ...] = ()
+    """Known-good points (searched parameters only) tried before the sampler's own proposals."""
+    finalists: int = FINALISTS
+    """Top candidates (references included) retrained on fresh seeds for the verdict."""
 
     @property
     def names(self) -> tuple[str, ...]:
         """Searched parameter names, in suggestion order."""
         return tuple(p.name for p in self.params)
+
+    @property
+    def max_epochs(self) -> int:
+        """The longest schedule a trial can have: the searched upper bound of ``epochs``, else
+        its fixed value, else DistillConfig's default (ASHA's ``max_t``)."""
+        for p in self.params:
+            if p.name == "epochs":
+                return int(max(p.choices) if p.kind == "choice" else p.high)
+        return int(self.fixed.get("epochs", DistillConfig().epochs))
+
+    def encode(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The searched parameters that express ``config`` as a point of this space, or None
+        when no point of the space trains the same run (a value outside a range, a fixed value
+        that differs). Keys that are not DistillConfig fields (``role``) are ignored."""
+        known = {k: v for k, v in config.items() if k in DistillConfig.model_fields}
+        try:
+            full = DistillConfig.from_dict({**self.fixed, **known}).model_dump()
+        except ConfigError:
+            return None
+        sampled: dict[str, Any] = {}
+        for p in self.params:
+            if p.active(sampled):
+                if not p.contains(full[p.name]):
+                    return None
+                sampled[p.name] = full[p.name]
+        if DistillConfig.from_dict({**self.fixed, **sampled}).model_dump() != full:
+            return None
+        return sampled
+
+    def distributions(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """Optuna distributions of the parameters in ``sampled`` (for ``create_trial``)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        out = {}
+        for p in self.params:
+            if p.name not in sampled:
+                continue
+            if p.kind == "choice":
+                out[p.name] = CategoricalDistribution(list(p.choices))
+            elif p.kind == "int":
+                out[p.name] = IntDistribution(int(p.low), int(p.high), log=p.log)
+            else:
+                out[p.name] = FloatDistribution(p.low, p.high, log=p.log)
+        return out
 
     def define_by_run(self, trial: Any) -> dict[str, Any]:
         """Suggest every active parameter in order; return the constants for Ray to merge in."""
@@ -146,13 +200,17 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """The space in file format (for logging, or writing next to a sweep's results)."""
-        return {
+        out = {
             "description": self.description,
             "metric": self.metric,
             "mode": self.mode,
             "fixed": dict(self.fixed),
             "params": {p.name: p.to_dict() for p in self.params},
+            "finalists": self.finalists,
         }
+        if self.start:
+            out["start"] = [dict(p) for p in self.start]
+        return out
 
 
 def available_spaces() -> list[str]:
@@ -172,7 +230,54 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
         raise SpaceError(f"{src}: description: expected one line of text, got {description!r}")
     fixed = _parse_fixed(raw.get("fixed"), src)
     params = _parse_params(raw.get("params"), fixed, src)
-    return SearchSpace(src, description, metric, mode, fixed, params)
+    finalists = raw.get("finalists", FINALISTS)
+    if isinstance(finalists, bool) or not isinstance(finalists, int) or finalists < 1:
+        raise SpaceError(
+            f"{src}: finalists: expected a whole number >= 1 of candidates to retrain, "
+            f"got {finalists!r}"
+        )
+    space = SearchSpace(src, description, metric, mode, fixed, params, (), finalists)
+    start = _parse_start(raw.get("start"), space, src)
+    return SearchSpace(src, description, metric, mode, fixed, params, start, finalists)
+
+
+def _parse_start(start: Any, space: SearchSpace, src: str) -> tuple[dict[str, Any], ...]:
+    """Known-good points: each a mapping of searched parameters to values the space holds,
+    naming only parameters that are active at that point (others are sampled)."""
+    if start is None:
+        return ()
+    if not isinstance(start, list):
+        raise SpaceError(
+            f"{src}: start: expected a list of points, e.g. [{{algorithm: ce}}], got {start!r}"
+        )
+    by_name = {p.name: p for p in space.params}
+    points = []
+    for i, point in enumerate(start):
+        where = f"start[{i}]"
+        if not isinstance(point, dict) or not point:
+            raise SpaceError(f"{src}: {where}: expected a mapping of searched parameters to values")
+        out: dict[str, Any] = {}
+        for name, value in point.items():
+            if name not in by_name:
+                raise SpaceError(
+                    f"{src}: {where}.{name}: not a searched parameter"
+                    f"{_hint(name, list(by_name))}; expected some of {list(by_name)}"
+                )
+            value = _as_field_value(name, value, f"{where}.{name}", src)
+            if not by_name[name].contains(value):
+                raise SpaceError(
+                    f"{src}: {where}.{name}: {value!r} is outside its distribution "
+                    f"{by_name[name].to_dict()}"
+                )
+            out[name] = value
+        for p in space.params:  # a named parameter must be active where the point puts it
+            if p.name in out and not p.active(out):
+                raise SpaceError(
+                    f"{src}: {where}.{p.name}: not searched at this point (its condition "
+                    f"when: {p.to_dict().get('when')} does not hold)"
+                )
+        points.append(out)
+    return tuple(points)
 
 
 def _resolve(path_or_name: str | Path) -> Path:

@@ -4,62 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from cmkd.config import DataConfig, DistillConfig, Experiment
+from cmkd.leaderboard import failure_reason, print_leaderboard, references, summarise
 from cmkd.placement import IdleGroupReaper
-from cmkd.trial import Resources, for_machine, pack, trial_driver
-from cmkd.tune import failure_reason, print_leaderboard, references, summarise
-
-
-class WithReferences(Searcher):
-    """Hands out the fixed reference trials first, then defers to the wrapped searcher.
-
-    The references are not told to Optuna: they are baselines to beat, not samples of the space
-    (their settings may lie outside it).
-    """
-
-    def __init__(self, inner: Searcher, fixed_trials: list[dict]):
-        super().__init__(metric=inner.metric, mode=inner.mode)
-        self.inner, self.pending, self.reference_ids = inner, list(fixed_trials), set()
-
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        ok = self.inner.set_search_properties(metric, mode, config, **spec)
-        self._metric, self._mode = self.inner.metric, self.inner.mode
-        return ok
-
-    def suggest(self, trial_id: str):
-        if self.pending:
-            self.reference_ids.add(trial_id)
-            return self.pending.pop(0)
-        config = self.inner.suggest(trial_id)
-        return {**config, "role": "search"} if isinstance(config, dict) else config
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self.reference_ids:
-            self.inner.on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        if trial_id not in self.reference_ids:
-            self.inner.on_trial_complete(trial_id, result=result, error=error)
-
-    def save(self, checkpoint_path: str) -> None:
-        # One file (Tune renames it atomically): the wrapped searcher travels inside.
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__.copy(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+from cmkd.searcher import canonical, make_searcher
+from cmkd.trial import Resources, for_machine, pack, retrain_distributed, trial_driver
+from cmkd.verdict import decide, sentence
 
 
 def trial_name(trial) -> str:
@@ -100,7 +59,11 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         epochs = (trial.last_result or {}).get("epoch", 0)
-        how = "stopped by ASHA" if epochs < self.max_epochs else "finished"
+        how = (
+            "stopped by ASHA"
+            if epochs < trial.config.get("epochs", self.max_epochs)
+            else "finished"
+        )
         best = self.best.get(trial.trial_id)
         self._say(
             f"{trial_name(trial)} {how} after {epochs} epoch(s)"
@@ -118,38 +81,25 @@ class Progress(tune.Callback):
         )
 
 
-def make_searcher(space, seed: int) -> Searcher:
-    import warnings
-
-    import optuna
-
-    # group=True models each branch of a conditional space jointly; Optuna marks it experimental.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    sampler = optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, constant_liar=True, group=True, n_startup_trials=5
-    )
-    inner = OptunaSearch(
-        space=space.define_by_run, metric=space.metric, mode=space.mode, sampler=sampler
-    )
-    return WithReferences(inner, references(space))
-
-
 class SearchOnlyASHA(ASHAScheduler):
     """ASHA over the searched trials; the reference trials always run their whole schedule
-    and stay out of the rungs (a baseline cut at epoch 2 would be no baseline)."""
+    and stay out of the rungs (a baseline cut at epoch 2 would be no baseline). Every trial is
+    stopped at its own last epoch (a space may search ``epochs`` below ``max_t``)."""
 
     @staticmethod
     def _reference(trial) -> bool:
         return trial.config.get("role", "search") != "search"
 
     def on_trial_result(self, tune_controller, trial, result):
+        # At its last epoch a trial is stopped, not left to end on its own: that left its Train
+        # run reporting into a removed placement group (the trial hung, RUNNING).
+        last = min(self._max_t, trial.config.get("epochs", self._max_t))
+        if result.get(self._time_attr, 0) >= last:
+            if not self._reference(trial):
+                super().on_trial_result(tune_controller, trial, result)  # its rung records it
+            return TrialScheduler.STOP
         if self._reference(trial):
-            # At max_t ASHA stops every trial; letting a trial end on its own instead left its
-            # Train run reporting into a removed placement group (the trial hung, RUNNING).
-            done = result.get(self._time_attr, 0) >= self._max_t
-            return TrialScheduler.STOP if done else TrialScheduler.CONTINUE
+            return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result):
@@ -160,10 +110,14 @@ class SearchOnlyASHA(ASHAScheduler):
 
 
 def make_scheduler(space, max_epochs: int) -> ASHAScheduler:
-    # time_attr is the epoch each trial reports: Tune does not persist its own counters on resume
+    """ASHA on the sweep's objective, ``best_<metric>`` (the best value up to each epoch).
+
+    ``time_attr`` is the epoch each trial reports: Tune does not persist its own counters on
+    resume. ``max_epochs`` is the longest schedule in the space (:attr:`SearchSpace.max_epochs`).
+    """
     return SearchOnlyASHA(
         time_attr="epoch",
-        metric=space.metric,
+        metric="best_" + space.metric,
         mode=space.mode,
         max_t=max_epochs,
         grace_period=max(1, max_epochs // 4),
@@ -180,6 +134,9 @@ def wandb_callbacks(mode: str, project: str, group: str) -> list:
     return [WandbRuns(project=project, group=group, mode=mode, excludes=("checkpoint_path",))]
 
 
+FINAL_KEYS = ("val", "val_acc", "test_acc", "test_acc_teacher_head", "epoch")
+
+
 def final_retrain(
     configs: dict[str, dict],
     data_cfg: DataConfig,
@@ -187,12 +144,20 @@ def final_retrain(
     payload_ref: list,
     train_ref: list,
     cpus: float,
+    *,
+    metric: str = "val_acc",
+    resources: Resources | None = None,
+    storage: str | None = None,
 ) -> tuple[dict[str, dict], dict[str, list]]:
-    """Retrain each named config with every seed on the full schedule, in parallel Ray tasks.
+    """Retrain each named config with every seed on the full schedule, in parallel Ray tasks,
+    with the trials' own recipe: one process for one-worker trials (what a trial's single
+    Train worker runs), the trials' ``TorchTrainer`` of K workers otherwise.
 
+    Each run record holds ``val``: the sweep's ``metric`` at the run's best epoch on it.
     Returns (final, failed): final[name] holds the seeds that finished and their mean and std;
     failed[name] lists {seed, error} for every seed that did not, so results.json keeps both.
     """
+    distributed = resources is not None and resources.workers > 1
 
     @ray.remote(num_cpus=cpus)
     def retrain(distill: dict, seed: int) -> dict:
@@ -205,10 +170,29 @@ def final_retrain(
         x, y = ray.get(train_ref[0])
         data = unpack(ray.get(payload_ref[0]), x, y)
         cfg = DistillConfig.from_dict({**distill, "seed": seed}, source="final retrain")
-        best = fit(cfg, data, data_cfg, log=lambda *_: None)["best"]
-        return {k: best[k] for k in ("val_acc", "test_acc", "test_acc_teacher_head", "epoch")}
+        best = fit(cfg, data, data_cfg, log=lambda *_: None, metric=metric)["best"]
+        return {"val": best[metric], **{k: best[k] for k in FINAL_KEYS if k in best}}
 
-    futures = {(name, s): retrain.remote(cfg, s) for name, cfg in configs.items() for s in seeds}
+    def launch(name: str, distill: dict, seed: int):
+        if not distributed:
+            return retrain.remote(distill, seed)
+        # The task only waits for its Train workers (which hold the CPUs): it asks for none.
+        return (
+            ray.remote(retrain_distributed)
+            .options(num_cpus=0)
+            .remote(
+                {**distill, "seed": seed},
+                payload_ref=payload_ref,
+                train_ref=train_ref,
+                data_cfg=data_cfg.model_dump(),
+                resources=resources,
+                storage=storage,
+                name=f"final-{name}-s{seed}",
+                metric=metric,
+            )
+        )
+
+    futures = {(name, s): launch(name, cfg, s) for name, cfg in configs.items() for s in seeds}
     out = {name: {"config": cfg, "runs": []} for name, cfg in configs.items()}
     failed: dict[str, list] = {}
     for (name, s), fut in futures.items():
@@ -222,11 +206,42 @@ def final_retrain(
         if not entry["runs"]:
             del out[name]  # every seed failed: kept in `failed`, no mean to report
             continue
-        for key in ("test_acc", "test_acc_teacher_head", "val_acc"):
-            vals = [r[key] for r in entry["runs"]]
-            entry[key + "_mean"] = statistics.fmean(vals)
-            entry[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        for key in ("val", "test_acc", "test_acc_teacher_head", "val_acc"):
+            vals = [r[key] for r in entry["runs"] if key in r]
+            if vals:
+                entry[key + "_mean"] = statistics.fmean(vals)
+                entry[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return out, failed
+
+
+def finalists(rows: list[dict], metric: str, mode: str, k: int) -> list[dict]:
+    """The top ``k`` candidates, references included: trials that ran their whole schedule
+    first (a value cut short by ASHA is partial), then by the objective; one per distinct run."""
+    key, sign = "best_" + metric, (-1 if mode == "max" else 1)
+    ok = [r for r in rows if r["error"] is None and key in r]
+    ok.sort(key=lambda r: (not r.get("full", True), sign * r[key]))
+    out, seen = [], set()
+    for r in ok:
+        c = canonical(r["config"])
+        if c not in seen:
+            seen.add(c)
+            out.append(r)
+    return out[:k]
+
+
+def fresh_seeds(rows: list[dict], n: int) -> list[int]:
+    """``n`` seeds that no trial of the sweep trained with (the smallest such)."""
+    used = {int(r["config"].get("seed", DistillConfig().seed)) for r in rows}
+    out, s = [], 0
+    while len(out) < n:
+        if s not in used:
+            out.append(s)
+        s += 1
+    return out
+
+
+def row_name(row: dict) -> str:
+    return row["role"] if row["role"] != "search" else f"search-{row['trial_id']}"
 
 
 RESULT_FILES = ("results.json", "best.yaml")
@@ -308,7 +323,9 @@ def ray_env() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
-def make_trainable(data, data_cfg: DataConfig, resources: Resources, sweep_path: str):
+def make_trainable(
+    data, data_cfg: DataConfig, resources: Resources, sweep_path: str, metric: str = "val_acc"
+):
     """The Tune trainable of a sweep, and the object-store refs of what every trial reads."""
     # Put once; wrapped in lists so that the refs travel as refs (Ray resolves only top-level ones).
     payload_ref = [ray.put(pack(data))]
@@ -323,6 +340,7 @@ def make_trainable(data, data_cfg: DataConfig, resources: Resources, sweep_path:
             resources=resources,
             storage=f"{sweep_path}/train-runs",
             max_failures=1,
+            metric=metric,
         ),
         resources.trial_request,
     )
@@ -352,7 +370,8 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             "pass --max-concurrent (the GPUs you allow at once / GPUs per trial)",
             flush=True,
         )
-    max_epochs = space.fixed.get("epochs", DistillConfig().epochs)
+    max_epochs = space.max_epochs
+    budget = args.num_samples + 2
     print(
         f"sweep {name!r}: {args.num_samples} searched + 2 reference trials, up to {concurrency} at "
         f"once, {resources.workers} worker(s) x {resources.cpus_per_worker:g} CPU"
@@ -361,8 +380,10 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         flush=True,
     )
 
-    trainable, payload_ref, train_ref = make_trainable(data, data_cfg, resources, f"{root}/{name}")
     path = f"{root}/{name}"
+    trainable, payload_ref, train_ref = make_trainable(
+        data, data_cfg, resources, path, metric=space.metric
+    )
     if args.resume and tune.Tuner.can_restore(path):
         print(f"resuming the sweep in {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
@@ -370,9 +391,9 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(space, args.seed),
+                search_alg=make_searcher(space, args.seed, args.num_samples, references(space)),
                 scheduler=make_scheduler(space, max_epochs),
-                num_samples=args.num_samples + 2,
+                num_samples=budget,
                 max_concurrent_trials=concurrency,
                 trial_name_creator=trial_name,
                 trial_dirname_creator=trial_name,
@@ -381,7 +402,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
                 name=name,
                 storage_path=root,
                 callbacks=[
-                    Progress(args.num_samples + 2, space.metric, max_epochs),
+                    Progress(budget, space.metric, max_epochs),
                     *wandb_callbacks(args.wandb, args.wandb_project, name),
                 ],
                 failure_config=tune.FailureConfig(max_failures=1),
@@ -394,36 +415,70 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         grid = tuner.fit()
     sweep_s = time.perf_counter() - t_start
     finished = grid.num_terminated + grid.num_errors
-    if finished < args.num_samples + 2:  # Ctrl-C or a stopped driver: keep what is done
+    if finished < budget:  # Ctrl-C or a stopped driver: keep what is done
         print(
-            f"\nsweep interrupted: {finished} of {args.num_samples + 2} trials done, kept in "
+            f"\nsweep interrupted: {finished} of {budget} trials done, kept in "
             f"{path}. Continue it with the same command and --resume.",
             flush=True,
         )
         return 130
     rows = summarise(grid, space.metric, space.mode)
     print_leaderboard(rows, space.metric, max_epochs)
-    # Failed trials (a diverged loss, a crash) are never the winner nor a reference to retrain.
-    ok = [r for r in rows if r["error"] is None and "best_" + space.metric in r]
-    searched = [r for r in ok if r["role"] == "search"]
-    by_role = {r["role"]: r for r in ok if r["role"] != "search"}
-    configs = {}
-    if searched:
-        configs["winner"] = searched[0]["config"]
-    for role in ("reference-ce", "reference-ucmkd"):
-        if role in by_role:
-            configs[role] = by_role[role]["config"]
-    final, final_failed = {}, {}
-    if args.final_seeds > 0 and configs:
-        seeds = list(range(args.final_seeds))
+    top = finalists(rows, space.metric, space.mode, space.finalists)
+    if not top:
         print(
-            f"\nfinal stage: retraining {', '.join(configs)} with seeds {seeds} on the full "
-            f"schedule ({max_epochs} epochs)",
+            f"\nerror: every trial of sweep {name!r} failed, so there is nothing to recommend; "
+            f"the first failure: {rows[0]['error'] if rows else 'no trial ran'} "
+            f"(each trial's error.txt is under {path})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    # The finalists (references are candidates like any other) and both references, retrained
+    # on seeds none of them was searched with; the verdict is decided on paired seeds.
+    configs = {row_name(r): r["config"] for r in top}
+    for r in rows:
+        if r["role"] != "search" and r["error"] is None:
+            configs.setdefault(r["role"], r["config"])
+    final, final_failed, seeds = {}, {}, fresh_seeds(rows, args.final_seeds)
+    if args.final_seeds > 0:
+        print(
+            f"\nfinal stage: retraining the top {len(top)} ({', '.join(row_name(r) for r in top)}) "
+            f"and the references with fresh seeds {seeds} on the full schedule",
             flush=True,
         )
         final, final_failed = final_retrain(
-            configs, data_cfg, seeds, payload_ref, train_ref, cpus=min(1.0, cluster.get("CPU", 1))
+            configs,
+            data_cfg,
+            seeds,
+            payload_ref,
+            train_ref,
+            cpus=min(1.0, cluster.get("CPU", 1)),
+            metric=space.metric,
+            resources=resources,
+            storage=f"{path}/final-runs",
         )
+    verdict = decide(final, space.mode) if final else None
+    if verdict is None or verdict["recommendation"] is None:
+        chosen = row_name(top[0])  # not checked on fresh seeds: said so below
+        verdict = {
+            "status": "undecided",
+            "recommendation": chosen,
+            "why": "no final retrain (--final-seeds 0) or no reference to compare with",
+            "candidates": (verdict or {}).get("candidates", {}),
+        }
+    chosen = verdict["recommendation"]
+    chosen_config = configs.get(chosen) or final[chosen]["config"]
+
+    def describe(n: str) -> str:
+        return f"{n} ({summary_of(configs.get(n, {}))})"
+
+    verdict["sentence"] = (
+        sentence(verdict, final, space.metric, describe)
+        if final and verdict["candidates"] is not None and "reference-ce" in final
+        else f"Not decided whether distillation helps: {verdict['why']}; best.yaml holds the "
+        f"top search candidate {describe(chosen)}, unchecked on fresh seeds."
+    )
     total_s = time.perf_counter() - t_start
     out_dir = Path(root) / name if "://" not in root else Path("runs") / name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -434,10 +489,15 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         "student": data.student,
         "teacher": data.teacher,
         "labels_per_class": data_cfg.labels_per_class,
+        "val_per_class": data_cfg.val_per_class,
         "metric": space.metric,
+        "objective": "best_" + space.metric,
         "trials": rows,
+        "finalists": [row_name(r) for r in top],
+        "final_seeds": seeds if args.final_seeds > 0 else [],
         "final": final,
         "final_failed": final_failed,
+        "verdict": {**verdict, "config": chosen_config},
         "sweep_s": sweep_s,
         "total_s": total_s,
         "prepare_s": getattr(args, "prepare_s", None),
@@ -447,31 +507,23 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         "storage": f"{root}/{name}",
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    if "winner" in configs:
-        Experiment(data=data_cfg, distill=DistillConfig.from_dict(configs["winner"])).to_yaml(
-            out_dir / "best.yaml"
-        )
-    study = None
-    if "://" not in root:
-        try:  # a convenience: a failure here must not lose the results written above
-            from cmkd.study import export_study
-
-            study = export_study(out_dir)
-        except Exception as e:  # noqa: BLE001
-            print(f"warning: the Optuna study file was not written ({e})", flush=True)
+    Experiment(data=data_cfg, distill=DistillConfig.from_dict(distill_only(chosen_config))).to_yaml(
+        out_dir / "best.yaml"
+    )
+    study = write_study(out_dir) if "://" not in root else None
     if "://" in root:
         upload_results(out_dir, f"{root}/{name}")
-    print_final(final)
+    print_final(final, verdict)
     log_summary_to_wandb(args.wandb, args.wandb_project, name, rows, final)
     print(f"\nsweep {sweep_s:.0f} s, total {total_s:.0f} s. Written to {out_dir}:")
-    print("  results.json  every trial's config and curve, the final retrain")
+    print("  results.json  every trial's config and curve, the final retrain, the verdict")
     if study is not None:
         print(f"  {study.name}  the searched trials as an Optuna study: optuna-dashboard {study}")
     print(f"  report        python -m cmkd.report {out_dir}")
-    if "winner" in configs:
-        print(
-            f"  best.yaml     the winner; run it again: python -m cmkd.train --config {out_dir}/best.yaml"
-        )
+    print(
+        f"  best.yaml     the recommendation ({chosen}); run it again: "
+        f"python -m cmkd.train --config {out_dir}/best.yaml"
+    )
     if args.wandb != "disabled":
         print(
             f"  W&B ({args.wandb}): project {args.wandb_project!r}, group {name!r}"
@@ -481,25 +533,66 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
                 else ""
             )
         )
+    print(f"\n{verdict['sentence']}", flush=True)
     return 0
 
 
-def print_final(final: dict) -> None:
+def distill_only(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k in DistillConfig.model_fields}
+
+
+SUMMARY_KEYS = ("algorithm", "fa", "la", "w_fa", "w_la")
+
+
+def summary_of(config: dict) -> str:
+    """A config in a few words: its algorithm and, when it distils, its main terms."""
+    if not config:
+        return "?"
+    if config.get("algorithm") == "ce":
+        return "no distillation"
+    keys = SUMMARY_KEYS if config.get("algorithm") != "kd_unpaired" else ("algorithm",)
+    return ", ".join(
+        f"{k}={config[k]:.3g}" if isinstance(config[k], float) else f"{k}={config[k]}"
+        for k in keys
+        if k in config
+    )
+
+
+def write_study(out_dir: Path) -> Path | None:
+    """The searched trials as an Optuna journal study beside the results: a convenience, so a
+    disk or format problem is a warning (the results are written already); a bug still raises."""
+    from cmkd.study import export_study
+
+    try:
+        return export_study(out_dir)
+    except (OSError, ValueError) as e:
+        print(f"warning: the Optuna study file was not written ({e})", flush=True)
+        return None
+
+
+def print_final(final: dict, verdict: dict | None = None) -> None:
+    """The final retrain as a table: validation decides (paired with no distillation), test is
+    reported."""
     if not final:
         return
-    print("\n| config | test acc (mean ± std) | via teacher head | seeds |\n|---|---:|---:|---:|")
+    cands = (verdict or {}).get("candidates", {})
+    chosen = (verdict or {}).get("recommendation")
+    print(
+        "\n| config | val (mean ± std) | vs no distillation (val, paired) | test acc | "
+        "via teacher head | seeds |\n|---|---:|---:|---:|---:|---:|"
+    )
     for name, e in final.items():
+        c = cands.get(name)
+        diff = (
+            f"{100 * c['val']['mean']:+.2f} ± {100 * c['val']['se']:.2f}"
+            + (" (passes)" if c["passes"] else "")
+            if c and c["val"]["n"] > 1
+            else ""
+        )
+        mark = " **recommended**" if name == chosen else ""
         print(
-            f"| {name} | {100 * e['test_acc_mean']:.2f} ± {100 * e['test_acc_std']:.2f} | "
+            f"| {name}{mark} | {100 * e['val_mean']:.2f} ± {100 * e['val_std']:.2f} | {diff} | "
+            f"{100 * e['test_acc_mean']:.2f} ± {100 * e['test_acc_std']:.2f} | "
             f"{100 * e['test_acc_teacher_head_mean']:.2f} ± {100 * e['test_acc_teacher_head_std']:.2f} "
             f"| {len(e['runs'])} |"
         )
-    if "winner" in final:
-        w = final["winner"]["test_acc_mean"]
-        for ref in ("reference-ce", "reference-ucmkd"):
-            if ref in final:
-                gain = 100 * (w - final[ref]["test_acc_mean"])
-                label = (
-                    "no distillation" if ref == "reference-ce" else "the reference UCMKD defaults"
-                )
-                print(f"winner vs {label}: {gain:+.2f} test accuracy points")

@@ -118,8 +118,34 @@ def pick_modalities(meta: Meta, cfg: DataConfig) -> tuple[str, str]:
     return student, teacher
 
 
-def load_run_data(cfg: DataConfig, seed: int = 0, log=print) -> RunData:
-    """Resolve, validate and load a run's data; every check happens here, before any training."""
+def draw_val(y: np.ndarray, labelled: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Indices of ``k`` validation rows per class among the rows of ``y`` outside ``labelled``.
+
+    y: (N,) int; labelled: indices already taken as training labels. Deterministic by seed.
+    """
+    rest = np.setdiff1d(np.arange(len(y)), labelled)
+    counts = np.bincount(y[rest], minlength=int(y.max()) + 1)
+    short = [c for c in np.unique(y) if counts[c] < k]
+    if short:
+        c = int(short[0])
+        raise ConfigError(
+            f"data.val_per_class {k}: class {c} has only {counts[c]} labelled train row(s) left "
+            f"after the training labels; lower --val-per-class or --labels-per-class, or pass "
+            f"--val-per-class split to validate on the benchmark's own validation table"
+        )
+    return rest[subsample_per_class(y[rest], k, seed + 7919)]
+
+
+def load_run_data(cfg: DataConfig, seed: int | None = None, log=print) -> RunData:
+    """Resolve, validate and load a run's data; every check happens here, before any training.
+
+    The labelled subset (and the validation rows when ``cfg.val_per_class`` is a number) are
+    drawn with ``cfg.seed``; ``seed``, when given, overrides it (benchmarks that redraw).
+    With a number K of validation rows per class, they come from the student's train table,
+    disjoint from the training labels: with ``labels_per_class: all`` the labels are every
+    train row but those.
+    """
+    seed = cfg.seed if seed is None else seed
     bench = resolve_benchmark(cfg.benchmark, cfg.data_root, log)
     meta = validate_benchmark(bench)
     student, teacher = pick_modalities(meta, cfg)
@@ -127,7 +153,15 @@ def load_run_data(cfg: DataConfig, seed: int = 0, log=print) -> RunData:
         ensure_bank(bench, teacher, log), fingerprint=benchmark_fingerprint(bench)
     )
     ids, y = scan_labels(bench, student, "train", meta)
-    idx = subsample_per_class(y, cfg.labels_per_class, seed)
+    if cfg.val_per_class == "split":
+        val_idx = None
+        idx = subsample_per_class(y, cfg.labels_per_class, seed)
+    elif cfg.labels_per_class == "all":
+        val_idx = draw_val(y, np.zeros(0, np.int64), cfg.val_per_class, seed)
+        idx = np.setdiff1d(np.arange(len(y)), val_idx)
+    else:
+        idx = subsample_per_class(y, cfg.labels_per_class, seed)
+        val_idx = draw_val(y, idx, cfg.val_per_class, seed)
     shape = meta.shapes[student]
     stream = TrainStream(
         str(split_path(bench, student, "train")),
@@ -135,6 +169,7 @@ def load_run_data(cfg: DataConfig, seed: int = 0, log=print) -> RunData:
         None if len(idx) == len(y) else frozenset(ids[idx].tolist()),
         len(idx),
     )
+    train = None
     if should_stream(cfg.loading, stream.nbytes, cfg.stream_above_mb):
         log(
             f"streaming {stream.rows} labelled rows ({stream.nbytes / 2**20:.0f} MiB) from {stream.path}"
@@ -143,7 +178,14 @@ def load_run_data(cfg: DataConfig, seed: int = 0, log=print) -> RunData:
     else:
         train, stream = load_split(bench, student, "train", meta), None
         x_train, y_train = train.x[idx], train.y[idx]
-    val, test = (load_split(bench, student, s, meta) for s in ("val", "test"))
+    if val_idx is None:
+        val = load_split(bench, student, "val", meta)
+        x_val, y_val = val.x, val.y
+    elif train is not None:
+        x_val, y_val = train.x[val_idx], train.y[val_idx]
+    else:  # streamed: read only the validation rows, in bounded chunks
+        x_val, y_val = read_rows(split_path(bench, student, "train"), shape, ids[val_idx])
+    test = load_split(bench, student, "test", meta)
     t = torch.tensor  # a copy: arrays read from parquet are not writable
     return RunData(
         meta,
@@ -151,13 +193,31 @@ def load_run_data(cfg: DataConfig, seed: int = 0, log=print) -> RunData:
         teacher,
         t(x_train),
         t(y_train),
-        t(val.x),
-        t(val.y),
+        t(x_val),
+        t(y_val),
         t(test.x),
         t(test.y),
         bank,
         stream,
     )
+
+
+def read_rows(path, shape, ids: np.ndarray, chunk_rows: int = 65_536):
+    """x (n, *shape) float32 and y (n,) int64 of the rows of a parquet table whose id is in
+    ``ids``, read ``chunk_rows`` rows at a time (memory bounded by the rows kept)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cmkd.stream import table_to_xy
+
+    wanted, xs, ys = frozenset(ids.tolist()), [], []
+    for batch in pq.ParquetFile(path).iter_batches(
+        batch_size=chunk_rows, columns=["id", "label", "x"]
+    ):
+        x, y = table_to_xy(pa.Table.from_batches([batch]), tuple(shape), wanted)
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 # The student is the small model: half the teacher CNN's channels (a quarter of its FLOPs).
@@ -246,8 +306,11 @@ class Run:
         rank: int = 0,
         world: int = 1,
         device: torch.device | str = "cpu",
+        metric: str = "val_acc",
     ):
         torch.manual_seed(cfg.seed)
+        # The epoch a run is scored by (``best``) is chosen on the sweep's own metric.
+        self.metric, self.sign = metric, (-1.0 if metric.endswith("_ce") else 1.0)
         self.cfg, self.data, self.rank, self.world = cfg, data, rank, world
         self.device = torch.device(device)
         self.rng = np.random.default_rng([cfg.seed, rank])
@@ -313,6 +376,13 @@ class Run:
             f"{split}_ce": ce / n,
         }
 
+    def improves(self, metrics: dict) -> bool:
+        """Whether ``metrics`` beat the best epoch so far on the run's metric (ties keep the
+        earlier epoch)."""
+        if self.best is None:
+            return True
+        return self.sign * metrics[self.metric] > self.sign * self.best[self.metric]
+
     def evaluate(self) -> dict[str, float]:
         """Validation every epoch; the test split only when validation improves (the test score
         reported is the one at the best-validation epoch, and evaluating it every epoch tripled
@@ -328,7 +398,7 @@ class Run:
             head = "teacher_head" if better else "student_head"
         out["val_acc"] = out[f"val_acc_{head}"]
         out["readout_teacher_head"] = float(head == "teacher_head")
-        if self.best is None or out["val_acc"] > self.best["val_acc"]:
+        if self.improves(out):
             out.update(self._score("test"))
             out["test_acc"] = out[f"test_acc_{head}"]
         return out
@@ -342,7 +412,7 @@ class Run:
         metrics["train_rows"] = int(rows)
         metrics["epoch_s"] = time.perf_counter() - t0
         self.history.append(metrics)
-        if self.best is None or metrics["val_acc"] > self.best["val_acc"]:
+        if self.improves(metrics):
             self.best = metrics
         return metrics
 
@@ -374,6 +444,7 @@ def fit(
     *,
     on_epoch: Callable[[dict, Student], None] | None = None,
     log=print,
+    metric: str = "val_acc",
 ) -> dict:
     """Train a student with ``cfg.algorithm`` on one process and report every epoch.
 
@@ -381,7 +452,7 @@ def fit(
     student head and through the teacher head. Returns the best-validation epoch's metrics and
     the history.
     """
-    run = Run(cfg, data, data_cfg)
+    run = Run(cfg, data, data_cfg, metric=metric)
     while run.epoch < cfg.epochs:
         m = run.run_epoch()
         if on_epoch is not None:
@@ -448,7 +519,7 @@ def main(argv=None) -> int:
             source=args.config or "command line",
         )
         torch.set_num_threads(torch.get_num_threads())
-        data = load_run_data(exp.data, exp.distill.seed)
+        data = load_run_data(exp.data)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}")
         return 2

@@ -210,6 +210,7 @@ def worker_loop(config: dict) -> None:
         rank=rank,
         world=world,
         device=ray.train.torch.get_device(),  # this rank's GPU when the trial has GPUs
+        metric=config.get("metric", "val_acc"),
     )
     if streamed:
         run.batch_source = _shard_batches(cfg.batch_size, cfg.seed * 1000 + rank)
@@ -224,10 +225,10 @@ def worker_loop(config: dict) -> None:
         # Restored after its last epoch (a driver killed before Tune saved the trial's end):
         # report its epochs again, unchanged, or the trial would end on a result without its
         # metric and its resumed record would lack its curve.
-        best = None
+        run.best = None
         for m in run.history:
-            best = m if best is None or m["val_acc"] > best["val_acc"] else best
-            ray.train.report({**m, **{f"best_{k}": best[k] for k in BEST_KEYS}})
+            run.best = m if run.improves(m) else run.best
+            ray.train.report(_with_best(m, run))
     while run.epoch < cfg.epochs:
         try:
             metrics = run.run_epoch()
@@ -244,11 +245,14 @@ def worker_loop(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
 
 
-BEST_KEYS = ("val_acc", "test_acc", "test_acc_teacher_head")
+BEST_KEYS = ("val_acc", "val_acc_teacher_head", "val_ce", "test_acc", "test_acc_teacher_head")
 
 
 def _with_best(metrics: dict, run: Run) -> dict:
-    return {**metrics, **{f"best_{k}": run.best[k] for k in BEST_KEYS}}
+    """The epoch's metrics with ``best_*``: the values at the best epoch so far on the run's
+    metric. ``best_<metric>`` is the sweep's objective: ASHA, Optuna and the leaderboard all
+    read it (the best validation value up to this epoch)."""
+    return {**metrics, **{f"best_{k}": run.best[k] for k in BEST_KEYS if k in run.best}}
 
 
 def train_dataset(x: np.ndarray, y: np.ndarray, stream: TrainStream | None) -> ray.data.Dataset:
@@ -280,6 +284,7 @@ def trial_driver(
     resources: Resources,
     storage: str,
     max_failures: int,
+    metric: str = "val_acc",
 ) -> None:
     # ``storage`` is the sweep's folder: each trial's Train run lives beside Tune's trial dirs.
     """The Tune trainable: one TorchTrainer, named from the trial id so a retry resumes."""
@@ -288,10 +293,50 @@ def trial_driver(
     reason = read_marker(diverged_uri)
     if reason is not None:  # Tune's retry of a diverged trial: fail at once, train nothing
         raise TrialDiverged(reason)
+    trainer = make_trainer(
+        config,
+        payload_ref=payload_ref,
+        train_ref=train_ref,
+        stream=stream,
+        data_cfg=data_cfg,
+        resources=resources,
+        storage=storage,
+        name=f"train-{trial_id}",
+        max_failures=max_failures,
+        diverged_uri=diverged_uri,
+        metric=metric,
+        callbacks=[TuneReportCallback()],
+    )
+    try:
+        trainer.fit()
+    except Exception:
+        reason = read_marker(diverged_uri)
+        if reason is not None:
+            raise TrialDiverged(reason) from None
+        raise
+    _drain_reports()
+
+
+def make_trainer(
+    config: dict,
+    *,
+    payload_ref: list,
+    train_ref: list,
+    stream: TrainStream | None,
+    data_cfg: dict,
+    resources: Resources,
+    storage: str,
+    name: str,
+    max_failures: int,
+    diverged_uri: str | None,
+    metric: str,
+    callbacks: list,
+) -> TorchTrainer:
+    """The ``TorchTrainer`` of one run: K workers running :func:`worker_loop` on ``config``."""
     # Rows in memory travel through the object store (each worker takes its share of
     # ``train_ref``); only streamed rows are a Ray Data dataset, read lazily from parquet.
     datasets = {} if stream is None else {"train": train_dataset(None, None, stream)}
-    trainer = TorchTrainer(
+    return TorchTrainer(
         worker_loop,
         train_loop_config={
             "distill": {k: v for k, v in config.items() if k in DistillConfig.model_fields},
@@ -299,6 +344,7 @@ def trial_driver(
             "payload": payload_ref,
             "train": train_ref if stream is None else None,
             "diverged_uri": diverged_uri,
+            "metric": metric,
         },
         torch_config=TorchConfig(backend="nccl" if resources.gpus_per_worker else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -310,21 +356,53 @@ def trial_driver(
             },
         ),
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}",
+            name=name,
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            callbacks=[TuneReportCallback()],
+            callbacks=callbacks,
         ),
         datasets=datasets,
     )
-    try:
-        trainer.fit()
-    except Exception:
-        reason = read_marker(diverged_uri)
-        if reason is not None:
-            raise TrialDiverged(reason) from None
-        raise
-    _drain_reports()
+
+
+def retrain_distributed(
+    config: dict,
+    *,
+    payload_ref: list,
+    train_ref: list,
+    data_cfg: dict,
+    resources: Resources,
+    storage: str,
+    name: str,
+    metric: str,
+) -> dict:
+    """One final-retrain run with the trials' own K-worker recipe (run as a Ray task).
+
+    Returns ``val`` (``metric`` at the best epoch) and the best epoch's accuracies."""
+    result = make_trainer(
+        config,
+        payload_ref=payload_ref,
+        train_ref=train_ref,
+        stream=None,
+        data_cfg=data_cfg,
+        resources=resources,
+        storage=storage,
+        name=name,
+        max_failures=1,
+        diverged_uri=None,
+        metric=metric,
+        callbacks=[],
+    ).fit()
+    m = result.metrics
+    if result.error is not None or not m:
+        raise RuntimeError(f"final retrain {name} failed: {result.error}")
+    return {
+        "val": m[f"best_{metric}"],
+        "val_acc": m["best_val_acc"],
+        "test_acc": m["best_test_acc"],
+        "test_acc_teacher_head": m["best_test_acc_teacher_head"],
+        "epoch": m["epoch"],
+    }
 
 
 def _drain_reports(timeout_s: float = 30.0) -> None:

@@ -5,10 +5,14 @@
     python -m cmkd.tune --name my-sweep --resume           # continue an interrupted sweep
     ray job submit -- python -m cmkd.tune --storage s3://bucket/sweeps --workers-per-trial 2 --gpus-per-worker 1
 
-Every sweep also runs two fixed reference trials: no distillation (``ce``) and the paper code's
-UCMKD defaults. At the end the winner and both references are retrained with several seeds on
-the full schedule, and the sweep folder receives ``results.json`` and ``best.yaml`` (runnable
-again with ``python -m cmkd.train --config best.yaml``).
+Every sweep also runs two reference trials: no distillation (``ce``) and the paper code's UCMKD
+defaults; they run first, and each the space can express warm-starts TPE. The objective is the
+best validation value up to each epoch (ASHA, Optuna and the leaderboard read the same number).
+At the end the top candidates (references included) and both references are retrained on fresh
+seeds, and the verdict is decided on paired seeds against no distillation: the recommendation
+is a distillation config only if its mean validation gain clears 2 standard errors over >= 3
+seeds, else it is no distillation. The sweep folder receives ``results.json`` (every trial, the
+final retrain, the verdict) and ``best.yaml`` (``python -m cmkd.train --config best.yaml``).
 """
 
 from __future__ import annotations
@@ -16,26 +20,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import signal
 import sys
 import time
 from pathlib import Path
 
-from cmkd.config import ConfigError, DataConfig, DistillConfig
-
-REFERENCE_UCMKD = {
-    "algorithm": "ucmkd_sum",
-    "fa": "reference_ot",
-    "la": "kappa_reference",
-    "w_fa": 1.0,
-    "w_la": 1.0,
-    "ot_reg": 0.1,
-    "ot_iters": 100,
-    "grad_clip": 5.0,
-    "readout": "student",  # the paper code selects and reports the student head
-}
-ROLES = ("reference-ce", "reference-ucmkd", "search")
+from cmkd.config import VAL_PER_CLASS, ConfigError, DataConfig, DistillConfig
+from cmkd.leaderboard import (  # noqa: F401 (the names tests and benchmarks import from here)
+    REFERENCE_UCMKD,
+    failure_reason,
+    print_leaderboard,
+    references,
+    summarise,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher", help="teacher modality (default: the benchmark's first)")
     p.add_argument(
         "--labels-per-class", default="5", help="labelled student samples per class, or 'all'"
+    )
+    p.add_argument(
+        "--val-per-class",
+        default=str(VAL_PER_CLASS),
+        help="validation rows per class, drawn from the labelled train rows disjoint from the "
+        f"training labels, or 'split' for the benchmark's own validation table (default "
+        f"{VAL_PER_CLASS})",
     )
     p.add_argument(
         "--num-samples",
@@ -94,7 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--epochs", type=int, default=None, help="override the space's epochs")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the search (TPE) and the data subsample"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the search (TPE), the labelled subset and the validation draw",
     )
     p.add_argument("--data-root", default="data", help="where built-in benchmarks are built")
     p.add_argument(
@@ -220,87 +227,6 @@ def keep_wandb_in(base: Path) -> None:
         os.environ.setdefault(var, str(base / sub))
 
 
-def references(space) -> list[dict]:
-    """The fixed trials every sweep runs besides the search."""
-    fixed = dict(space.fixed)
-    ce = {**fixed, "algorithm": "ce", "role": "reference-ce"}
-    ucmkd = {**fixed, **REFERENCE_UCMKD, "role": "reference-ucmkd"}
-    return [ce, ucmkd]
-
-
-def distill_part(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k in DistillConfig.model_fields}
-
-
-_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Diverged|Interrupt)): (.+)$")
-
-
-def failure_reason(error) -> str:
-    """The line of a trial's error that says why it failed: the innermost ``SomeError: message``
-    of the tracebacks Ray nests (a Train worker's inside the trial's), else the first line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in reversed(lines):
-        m = _EXCEPTION_LINE.match(line)
-        if m:
-            return f"{m.group(1)}: {m.group(2)}"[:300]
-    return lines[0][:300] if lines else type(error).__name__
-
-
-def summarise(result_grid, metric: str, mode: str) -> list[dict]:
-    """One row per trial: its role, config, best validation metric and how far it ran."""
-    rows = []
-    for r in result_grid:
-        df = r.metrics_dataframe
-        if df is not None and "epoch" in df:  # an epoch reported again after a resume counts once
-            df = df.drop_duplicates("epoch", keep="last")
-        cfg = r.config or {}
-        row = {
-            "trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name,
-            "role": cfg.get("role", "search"),
-            "config": distill_part(cfg),
-            "error": failure_reason(r.error) if r.error else None,
-        }
-        if df is not None and metric in df and len(df):
-            best = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
-            row.update(
-                {
-                    "best_" + metric: float(best[metric]),
-                    "best_epoch": int(best["epoch"]),
-                    "epochs_run": int(df["epoch"].max()),
-                    "test_acc_at_best": float(best.get("test_acc", float("nan"))),
-                    "curve": [float(v) for v in df[metric]],
-                }
-            )
-        rows.append(row)
-    key = "best_" + metric
-    sign = -1 if mode == "max" else 1
-    # A failed trial ranks last whatever it reached before failing: a run that diverged is no
-    # candidate, however good its epochs before the NaN.
-    rows.sort(key=lambda r: (r["error"] is not None, sign * r[key] if key in r else float("inf")))
-    return rows
-
-
-def print_leaderboard(rows: list[dict], metric: str, max_epochs: int, top: int = 10) -> None:
-    shown = ("algorithm", "fa", "la", "w_fa", "w_la", "epsilon", "mmd_multiplier", "label_cost")
-    print(f"\nLeaderboard (best {metric} over epochs; ASHA may stop a trial before {max_epochs}):")
-    print(f"| # | role | {metric} | epochs | " + " | ".join(shown) + " |")
-    print("|---:|---|---:|---:|" + "---|" * len(shown))
-    for i, r in enumerate(rows[:top], 1):
-        cfg = r["config"]
-        vals = [_fmt(cfg.get(k)) for k in shown]
-        score = f"{r['best_' + metric]:.4f}" if "best_" + metric in r else ""
-        score = f"{score} failed".strip() if r["error"] else score
-        print(
-            f"| {i} | {r['role']} | {score} | {r.get('epochs_run', 0)} | " + " | ".join(vals) + " |"
-        )
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return "" if v is None else str(v)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
@@ -321,6 +247,12 @@ def main(argv=None) -> int:
         lpc = (
             args.labels_per_class if args.labels_per_class == "all" else int(args.labels_per_class)
         )
+        if args.val_per_class != "split" and not args.val_per_class.isdigit():
+            raise ConfigError(
+                f"--val-per-class {args.val_per_class!r}: expected a whole number of validation "
+                "rows per class, or 'split'"
+            )
+        vpc = args.val_per_class if args.val_per_class == "split" else int(args.val_per_class)
         from cmkd.trial import for_machine
 
         for_machine({}, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker)
@@ -329,6 +261,8 @@ def main(argv=None) -> int:
             student=args.student,
             teacher=args.teacher,
             labels_per_class=lpc,
+            val_per_class=vpc,
+            seed=args.seed,
             data_root=args.data_root,
             loading=args.data_loading,
             stream_above_mb=args.stream_above_mb,
@@ -340,9 +274,14 @@ def main(argv=None) -> int:
                 f"sweep {name!r} already exists in {root}; pass --resume to continue "
                 f"it, or --name to start another"
             )
+        from cmkd.sweep_record import check_resume, record
+
+        identity = record(args, space, data_cfg)
+        if args.resume:
+            check_resume(root, name, identity)
         from cmkd.train import load_run_data
 
-        data = load_run_data(data_cfg, seed=args.seed)
+        data = load_run_data(data_cfg)
         args.prepare_s = time.perf_counter() - t_start  # building, validating, loading the data
     except (ConfigError, SpaceError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -351,6 +290,9 @@ def main(argv=None) -> int:
     # `ray job stop`, a scheduler or `kill` send SIGTERM: exit through Python so that the local
     # Ray cluster this process started is shut down, not left holding the machine.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from cmkd.sweep_record import write_record
+
+    write_record(root, name, identity)
     from cmkd.sweep import run_sweep
 
     return run_sweep(args, space, data_cfg, data, name, root, t_start)

@@ -184,32 +184,6 @@ def test_a_failed_trial_ranks_last_whatever_it_reached_before():
     assert rows[-1]["best_val_acc"] == 0.9  # kept for the record, never the winner
 
 
-def test_searcher_is_told_a_failed_trial_failed_not_a_value():
-    """Tune reports an errored trial with error=True and no result: Optuna records it FAIL,
-    and the reference trials (not samples of the space) are never told to it."""
-    import optuna
-
-    from cmkd.space import load_space
-    from cmkd.sweep import make_searcher
-
-    space = load_space("smoke")
-    searcher = make_searcher(space, seed=0)
-    searcher.set_search_properties(space.metric, space.mode, {})
-    ids = [f"t{i}" for i in range(4)]
-    configs = [searcher.suggest(i) for i in ids]
-    assert [c["role"] for c in configs] == ["reference-ce", "reference-ucmkd", "search", "search"]
-    searcher.on_trial_complete("t0", error=True)  # a reference: not told
-    searcher.on_trial_result("t2", {"val_acc": 0.7, "epoch": 1, "training_iteration": 1})
-    searcher.on_trial_complete("t2", error=True)  # diverged after a good first epoch
-    searcher.on_trial_complete("t3", result={"val_acc": 0.5, "epoch": 2})
-    trials = searcher.inner._ot_study.trials
-    assert [t.state for t in trials] == [
-        optuna.trial.TrialState.FAIL,
-        optuna.trial.TrialState.COMPLETE,
-    ]
-    assert trials[0].value is None and trials[1].value == 0.5
-
-
 # --------------------------------------------------------------------------- W&B
 
 

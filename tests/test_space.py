@@ -67,8 +67,12 @@ def test_random_trials_honour_conditions_bounds_and_validate(name):
 def test_default_space_explores_both_alignment_branches():
     space = load_space("default")
     trials = run_trials(space, optuna.samplers.RandomSampler(seed=0))
-    by_fa = {fa: [t.params for t in trials if t.params["fa"] == fa] for fa in ("sinkhorn", "mmd")}
+    by_fa = {
+        fa: [t.params for t in trials if t.params.get("fa") == fa] for fa in ("sinkhorn", "mmd")
+    }
     assert by_fa["sinkhorn"] and by_fa["mmd"]
+    no_distillation = [t.params for t in trials if t.params["algorithm"] == "ce"]
+    assert no_distillation and all(p == {"algorithm": "ce"} for p in no_distillation)
     assert all("epsilon" in p and "mmd_multiplier" not in p for p in by_fa["sinkhorn"])
     assert all("mmd_multiplier" in p and "epsilon" not in p for p in by_fa["mmd"])
     assert space.fixed == {
@@ -309,11 +313,12 @@ def test_multivariate_tpe_with_constant_liar_handles_the_conditional_space(group
             space.define_by_run(trial)
             space.trial_config(trial.params)
         for trial in pending:
-            study.tell(trial, trial.params["w_fa"] - trial.params["w_la"])
+            study.tell(trial, trial.params.get("w_fa", 0) - trial.params.get("w_la", 0))
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 12
     sampled = [t.params for t in study.trials[4:]]  # past the random start-up trials
-    assert {p["fa"] for p in sampled} <= {"sinkhorn", "mmd"}
-    assert all(("epsilon" in p) == (p["fa"] == "sinkhorn") for p in sampled)
+    assert {p.get("fa") for p in sampled} <= {"sinkhorn", "mmd", None}
+    assert all(("epsilon" in p) == (p.get("fa") == "sinkhorn") for p in sampled)
+    assert all(("fa" in p) == p["algorithm"].startswith("ucmkd") for p in sampled)
 
 
 def test_ray_optuna_search_merges_fixed_constants_into_the_suggestion():

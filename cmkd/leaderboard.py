@@ -1,0 +1,107 @@
+"""A sweep's trials as rows: the references every sweep runs, one row per trial, the table.
+
+Nothing here imports Ray: a row is read from Tune's results (or anything shaped like them).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cmkd.config import DistillConfig
+
+REFERENCE_UCMKD = {
+    "algorithm": "ucmkd_sum",
+    "fa": "reference_ot",
+    "la": "kappa_reference",
+    "w_fa": 1.0,
+    "w_la": 1.0,
+    "ot_reg": 0.1,
+    "ot_iters": 100,
+    "grad_clip": 5.0,
+    "readout": "student",  # the paper code selects and reports the student head
+}
+ROLES = ("reference-ce", "reference-ucmkd", "search")
+
+
+def references(space) -> list[dict]:
+    """The fixed trials every sweep runs besides the search."""
+    fixed = dict(space.fixed)
+    ce = {**fixed, "algorithm": "ce", "role": "reference-ce"}
+    ucmkd = {**fixed, **REFERENCE_UCMKD, "role": "reference-ucmkd"}
+    return [ce, ucmkd]
+
+
+def distill_part(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k in DistillConfig.model_fields}
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Diverged|Interrupt)): (.+)$")
+
+
+def failure_reason(error) -> str:
+    """The line of a trial's error that says why it failed: the innermost ``SomeError: message``
+    of the tracebacks Ray nests (a Train worker's inside the trial's), else the first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        m = _EXCEPTION_LINE.match(line)
+        if m:
+            return f"{m.group(1)}: {m.group(2)}"[:300]
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def summarise(result_grid, metric: str, mode: str) -> list[dict]:
+    """One row per trial: its role, config, best validation metric and how far it ran."""
+    rows = []
+    for r in result_grid:
+        df = r.metrics_dataframe
+        if df is not None and "epoch" in df:  # an epoch reported again after a resume counts once
+            df = df.drop_duplicates("epoch", keep="last")
+        cfg = r.config or {}
+        row = {
+            "trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name,
+            "role": cfg.get("role", "search"),
+            "config": distill_part(cfg),
+            "error": failure_reason(r.error) if r.error else None,
+        }
+        if df is not None and metric in df and len(df):
+            best = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
+            row.update(
+                {
+                    "best_" + metric: float(best[metric]),
+                    "best_epoch": int(best["epoch"]),
+                    "epochs_run": int(df["epoch"].max()),
+                    "test_acc_at_best": float(best.get("test_acc", float("nan"))),
+                    "curve": [float(v) for v in df[metric]],
+                }
+            )
+            # a trial ASHA stopped has a partial value: it ran fewer epochs than its schedule
+            row["full"] = row["epochs_run"] >= int(cfg.get("epochs", DistillConfig().epochs))
+        rows.append(row)
+    key = "best_" + metric
+    sign = -1 if mode == "max" else 1
+    # A failed trial ranks last whatever it reached before failing: a run that diverged is no
+    # candidate, however good its epochs before the NaN.
+    rows.sort(key=lambda r: (r["error"] is not None, sign * r[key] if key in r else float("inf")))
+    return rows
+
+
+def print_leaderboard(rows: list[dict], metric: str, max_epochs: int, top: int = 10) -> None:
+    shown = ("algorithm", "fa", "la", "w_fa", "w_la", "epsilon", "mmd_multiplier", "label_cost")
+    print(f"\nLeaderboard (best {metric} over epochs; ASHA may stop a trial before {max_epochs}):")
+    print(f"| # | role | {metric} | epochs | " + " | ".join(shown) + " |")
+    print("|---:|---|---:|---:|" + "---|" * len(shown))
+    for i, r in enumerate(rows[:top], 1):
+        cfg = r["config"]
+        vals = [_fmt(cfg.get(k)) for k in shown]
+        score = f"{r['best_' + metric]:.4f}" if "best_" + metric in r else ""
+        score = f"{score} failed".strip() if r["error"] else score
+        print(
+            f"| {i} | {r['role']} | {score} | {r.get('epochs_run', 0)} | " + " | ".join(vals) + " |"
+        )
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "" if v is None else str(v)

@@ -1,0 +1,65 @@
+"""The verdict: a gain is claimed only on paired seeds, above noise; otherwise no distillation."""
+
+from cmkd.verdict import decide, paired, passes, sentence
+
+
+def runs(vals, tests=None):
+    tests = tests or vals
+    return [{"seed": s, "val": v, "test_acc": t} for s, (v, t) in enumerate(zip(vals, tests))]
+
+
+def entry(vals, tests=None, config=None):
+    import statistics
+
+    tests = tests or vals
+    return {
+        "config": config or {},
+        "runs": runs(vals, tests),
+        "val_mean": statistics.fmean(vals),
+        "test_acc_mean": statistics.fmean(tests),
+        "test_acc_std": statistics.stdev(tests),
+    }
+
+
+def test_paired_difference_removes_what_the_seeds_share():
+    # seed-to-seed spread of 10 points, but the candidate is 2 points above on every seed
+    a, b = runs([0.52, 0.62, 0.42]), runs([0.50, 0.60, 0.40])
+    d = paired(a, b, "val")
+    assert d["n"] == 3 and abs(d["mean"] - 0.02) < 1e-12 and d["std"] < 1e-9
+    assert passes(d)
+
+
+def test_a_consistent_gain_is_recommended_with_its_numbers():
+    final = {
+        "reference-ce": entry([0.50, 0.60, 0.40], [0.5, 0.5, 0.5]),
+        "search-a": entry([0.55, 0.64, 0.46], [0.55, 0.56, 0.54]),
+        "search-b": entry([0.70, 0.40, 0.45], [0.6, 0.6, 0.6]),  # higher once, noisy
+    }
+    v = decide(final)
+    assert v["status"] == "helped" and v["recommendation"] == "search-a"
+    assert not v["candidates"]["search-b"]["passes"]
+    text = sentence(v, final, "val_acc")
+    assert text.startswith("Distillation helped: search-a") and "+5.0" in text
+
+
+def test_noise_is_no_gain_and_no_distillation_is_recommended():
+    final = {
+        "reference-ce": entry([0.50, 0.60, 0.40]),
+        "search-a": entry([0.56, 0.58, 0.42]),  # +2 on average, but -2 on one seed
+    }
+    v = decide(final)
+    assert v["status"] == "did_not_help" and v["recommendation"] == "reference-ce"
+    text = sentence(v, final, "val_acc")
+    assert text.startswith("Distillation did not help here") and "no-distillation" in text
+
+
+def test_two_seeds_decide_nothing_and_a_loss_never_passes():
+    final = {"reference-ce": entry([0.5, 0.6]), "search-a": entry([0.6, 0.7])}
+    assert decide(final)["status"] == "undecided"
+    assert not passes(paired(runs([0.4, 0.5, 0.3]), runs([0.5, 0.6, 0.4]), "val"))
+
+
+def test_a_minimised_metric_counts_a_decrease_as_a_gain():
+    final = {"reference-ce": entry([1.0, 1.2, 0.9]), "search-a": entry([0.8, 1.0, 0.7])}
+    assert decide(final, mode="min")["recommendation"] == "search-a"
+    assert decide(final, mode="max")["recommendation"] == "reference-ce"
