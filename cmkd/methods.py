@@ -276,25 +276,39 @@ def make_step(algorithm: str, **hyper) -> Callable[[Student, nn.Module, object, 
 
 @torch.no_grad()
 def evaluate(
-    student: Student, h_t: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 512
-) -> dict[str, float]:
+    student: Student,
+    h_t: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int = 512,
+    per_sample: bool = False,
+) -> dict:
     """Accuracy of the student read out through its own head and through the teacher head.
 
-    x: (N, *in_shape), y: (N,). Returns counts too, so ranks can sum before dividing.
+    x: (N, *in_shape), y: (N,). Returns counts too, so ranks can sum before dividing; with
+    ``per_sample``, also ``samples``: {"acc", "acc_teacher_head", "ce"}, each (N,) float64
+    (correct 0/1, per-sample cross-entropy), for paired comparisons on the same rows.
     """
     was_training = student.training
     student.eval()
     device = next(student.parameters()).device  # rows move to the model a chunk at a time
-    correct_s = correct_t = 0
-    loss = 0.0
+    parts: dict[str, list[Tensor]] = {"acc": [], "acc_teacher_head": [], "ce": []}
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             z = student.features(x[i : i + batch_size].to(device))
             yb = y[i : i + batch_size].to(device)
             logits = student.head(z)
-            loss += F.cross_entropy(logits, yb, reduction="sum").item()
-            correct_s += (logits.argmax(-1) == yb).sum().item()
-            correct_t += (teacher_head_logits(h_t, z).argmax(-1) == yb).sum().item()
+            parts["ce"].append(F.cross_entropy(logits, yb, reduction="none").double())
+            parts["acc"].append((logits.argmax(-1) == yb).double())
+            parts["acc_teacher_head"].append(
+                (teacher_head_logits(h_t, z).argmax(-1) == yb).double()
+            )
     student.train(was_training)
     n = max(len(x), 1)
-    return {"acc": correct_s / n, "acc_teacher_head": correct_t / n, "ce": loss / n, "n": len(x)}
+    cat = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64) for k, v in parts.items()}
+    out = {k: v.sum().item() / n for k, v in cat.items()}
+    out["n"] = len(x)
+    if per_sample:
+        out["samples"] = {k: v.cpu().numpy() for k, v in cat.items()}
+    return out

@@ -4,8 +4,9 @@
     python -m cmkd.report s3://bucket/sweeps/NAME --out report-NAME
     python -m cmkd.report runs/NAME --wandb offline        # the tables and figures to W&B too
 
-The report holds the leaderboard; the winner against the no-distillation reference and the
-paper code's UCMKD defaults over the final retrain's seeds; which hyperparameters mattered
+The report holds the leaderboard; the sweep's verdict and the finalists against the
+no-distillation reference and the paper code's UCMKD defaults over the final retrain's fresh
+seeds (paired differences on validation, which decides, and on test, which is reported); which hyperparameters mattered
 (Optuna's fANOVA and mean-decrease-impurity importances over the searched trials); parallel
 coordinates; the learning curves of the top trials with ASHA's stopping points; and the two
 quantities of the paper's bound, feature alignment and label alignment, over training. The
@@ -124,16 +125,46 @@ def _shown_params(sweep: dict) -> list[str]:
     return ["algorithm", "fa", "la"] + [n for n in names if n not in ("algorithm", "fa", "la")]
 
 
+def final_names(results: dict) -> list[str]:
+    """The final retrain's configs in reading order: the recommendation, the references, the
+    other finalists."""
+    final = results.get("final") or {}
+    chosen = (results.get("verdict") or {}).get("recommendation")
+    first = [chosen] if chosen in final else []
+    refs = [n for n in FINAL_ORDER if n in final and n not in first]
+    return first + refs + sorted(set(final) - set(first) - set(refs))
+
+
+def final_label(results: dict, name: str) -> str:
+    chosen = (results.get("verdict") or {}).get("recommendation")
+    label = FINAL_LABELS.get(name, name)
+    return f"{label} (recommended)" if name == chosen else label
+
+
 def final_table(sweep: dict) -> tuple[list[str], list[list], list[str]]:
-    """The final retrain (mean ± std over seeds) and the winner's gains, as table and lines."""
-    final = (sweep["results"] or {}).get("final") or {}
+    """The final retrain (mean ± std over seeds), the verdict and each finalist's paired
+    difference to no distillation, as table and lines."""
+    results = sweep["results"] or {}
+    final = results.get("final") or {}
+    verdict = results.get("verdict")
     cols = ["config", "test acc", "via teacher head", "val acc", "seeds", "test acc per seed"]
     rows, lines = [], []
-    for name in [n for n in FINAL_ORDER if n in final] + sorted(set(final) - set(FINAL_ORDER)):
+    if verdict and verdict.get("sentence"):
+        lines.append(verdict["sentence"])
+        for name, c in (verdict.get("candidates") or {}).items():
+            v, t = c["val"], c["test"]
+            if v["n"] > 1:
+                lines.append(
+                    f"{name} vs no distillation, paired over {v['n']} seeds: "
+                    f"{100 * v['mean']:+.2f} ± {100 * v['se']:.2f} validation, "
+                    f"{100 * t['mean']:+.2f} ± {100 * t['se']:.2f} test "
+                    f"(mean ± standard error){' — passes' if c['passes'] else ''}"
+                )
+    for name in final_names(results):
         e = final[name]
         rows.append(
             [
-                FINAL_LABELS.get(name, name),
+                final_label(results, name),
                 _pm(e["test_acc_mean"], e["test_acc_std"]),
                 _pm(e["test_acc_teacher_head_mean"], e["test_acc_teacher_head_std"]),
                 _pm(e["val_acc_mean"], e["val_acc_std"]),
@@ -141,7 +172,7 @@ def final_table(sweep: dict) -> tuple[list[str], list[list], list[str]]:
                 ", ".join(f"{100 * r['test_acc']:.1f}" for r in e["runs"]),
             ]
         )
-    if "winner" in final:
+    if "winner" in final and not verdict:  # a sweep from before verdicts were kept
         w = final["winner"]
         for ref in ("reference-ce", "reference-ucmkd"):
             if ref in final:
@@ -251,12 +282,13 @@ def fig_leaderboard(sweep: dict, out: Path) -> Path:
 
 
 def fig_final(sweep: dict, out: Path) -> Path | None:
-    final = (sweep["results"] or {}).get("final") or {}
-    names = [n for n in FINAL_ORDER if n in final]
+    results = sweep["results"] or {}
+    final = results.get("final") or {}
+    names = final_names(results)
     if not names:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(names)), 4))
     for j, (key, label, colour) in enumerate(
         (
             ("test_acc", "test acc", "tab:blue"),
@@ -270,7 +302,11 @@ def fig_final(sweep: dict, out: Path) -> Path | None:
         for x, n in zip(xs, names, strict=True):
             seeds = [100 * r[key] for r in final[n]["runs"]]
             ax.scatter([x] * len(seeds), seeds, color="black", s=12, zorder=3)
-    ax.set_xticks(range(len(names)), [FINAL_LABELS[n] for n in names])
+    ax.set_xticks(
+        range(len(names)),
+        [final_label(results, n).replace(" (", "\n(") for n in names],
+        fontsize=8,
+    )
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("final retrain: mean ± std over seeds (dots: seeds)")
     ax.legend()
@@ -462,7 +498,7 @@ def render_html(
         f"and {len(sweep['trials']) - n_search} reference trials; metric {sweep['metric']} "
         f"({sweep['mode']}), up to {sweep['max_epochs']} epochs. Folder: "
         f"<code>{html.escape(str(sweep['dir']))}</code>.</p>",
-        "<h2>Winner against the references (final retrain)</h2>",
+        "<h2>Verdict: the finalists against the references (final retrain, fresh seeds)</h2>",
         html_table(final_cols, final_rows)
         if final_rows
         else "<p class=note>no final retrain "

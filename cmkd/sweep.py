@@ -170,8 +170,10 @@ def final_retrain(
         x, y = ray.get(train_ref[0])
         data = unpack(ray.get(payload_ref[0]), x, y)
         cfg = DistillConfig.from_dict({**distill, "seed": seed}, source="final retrain")
-        best = fit(cfg, data, data_cfg, log=lambda *_: None, metric=metric)["best"]
-        return {"val": best[metric], **{k: best[k] for k in FINAL_KEYS if k in best}}
+        run = fit(cfg, data, data_cfg, log=lambda *_: None, metric=metric)
+        best, rows = run["best"], run["best_val_rows"]
+        out = {"val": best[metric], **{k: best[k] for k in FINAL_KEYS if k in best}}
+        return {**out, "val_rows": rows.tolist()} if rows is not None else out
 
     def launch(name: str, distill: dict, seed: int):
         if not distributed:
@@ -459,6 +461,9 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             storage=f"{path}/final-runs",
         )
     verdict = decide(final, space.mode) if final else None
+    for entry in final.values():  # per-row values served the verdict; results.json stays small
+        for run in entry["runs"]:
+            run.pop("val_rows", None)
     if verdict is None or verdict["recommendation"] is None:
         chosen = row_name(top[0])  # not checked on fresh seeds: said so below
         verdict = {

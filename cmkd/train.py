@@ -329,6 +329,9 @@ class Run:
             torch.tensor(a, device=self.device) for a in (bank.z, bank.logits, bank.y)
         )
         self.epoch, self.best, self.history = 0, None, []
+        self._val_rows = self._epoch_val_rows = self.best_val_rows = None
+        """Per validation row, at the best epoch, the quantity the metric averages (correct 0/1,
+        or cross-entropy): one process only (None under data parallelism)."""
         self.batch_source: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
         """Where streamed (x, y) batches come from; a Ray Train worker sets its shard's."""
         if data.train_stream is not None:
@@ -365,7 +368,10 @@ class Run:
     def _score(self, split: str) -> dict[str, float]:
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
         x, y = x[self.rank :: self.world], y[self.rank :: self.world]
-        ev = evaluate(self.student, self.h_t, x, y)
+        # one process holds every validation row: keep them per row for paired comparisons
+        keep = split == "val" and self.world == 1
+        ev = evaluate(self.student, self.h_t, x, y, per_sample=keep)
+        self._val_rows = ev.get("samples") if keep else None
         n = ev["n"]
         acc, acc_t, ce, n = _all_sum(
             [ev["acc"] * n, ev["acc_teacher_head"] * n, ev["ce"] * n, n], self.world, self.device
@@ -397,6 +403,12 @@ class Run:
             better = out["val_acc_teacher_head"] > out["val_acc_student_head"]
             head = "teacher_head" if better else "student_head"
         out["val_acc"] = out[f"val_acc_{head}"]
+        per_row = {
+            "val_acc": "acc" if head == "student_head" else "acc_teacher_head",
+            "val_acc_teacher_head": "acc_teacher_head",
+            "val_ce": "ce",
+        }[self.metric]
+        self._epoch_val_rows = (self._val_rows or {}).get(per_row)
         out["readout_teacher_head"] = float(head == "teacher_head")
         if self.improves(out):
             out.update(self._score("test"))
@@ -414,6 +426,7 @@ class Run:
         self.history.append(metrics)
         if self.improves(metrics):
             self.best = metrics
+            self.best_val_rows = self._epoch_val_rows
         return metrics
 
     def state_dict(self) -> dict:
@@ -462,7 +475,7 @@ def fit(
             f"val acc {m['val_acc']:.4f}  (teacher head {m['val_acc_teacher_head']:.4f})  "
             f"{m['epoch_s']:.2f}s"
         )
-    return {"best": run.best, "history": run.history}
+    return {"best": run.best, "history": run.history, "best_val_rows": run.best_val_rows}
 
 
 def _parse_sets(pairs: list[str]) -> dict:

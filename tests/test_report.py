@@ -50,7 +50,7 @@ def test_report_renders_every_section_and_figure(sweep, capsys):
     text = page.read_text()
     for heading in (
         "Leaderboard",
-        "Winner against the references",
+        "Verdict: the finalists against the references",
         "Hyperparameter importance",
         "Parallel coordinates",
         "Learning curves",

@@ -128,8 +128,6 @@ def test_searcher_survives_save_and_restore(tmp_path, weights_space):
     searcher.save(str(tmp_path / "s.pkl"))
     again = make_searcher(weights_space, seed=1, budget=8, references=[])
     again.restore(str(tmp_path / "s.pkl"))
-    assert [t.params for t in again.study.trials] == [
-        {k: first[k] for k in ("w_fa", "w_la")}
-    ]
+    assert [t.params for t in again.study.trials] == [{k: first[k] for k in ("w_fa", "w_la")}]
     nxt = again.suggest("t1")
     assert math.isfinite(nxt["w_fa"]) and nxt != first

@@ -5,7 +5,7 @@ from cmkd.verdict import decide, paired, passes, sentence
 
 def runs(vals, tests=None):
     tests = tests or vals
-    return [{"seed": s, "val": v, "test_acc": t} for s, (v, t) in enumerate(zip(vals, tests))]
+    return [{"seed": s, "val": v, "test_acc": t} for s, (v, t) in enumerate(zip(vals, tests, strict=True))]
 
 
 def entry(vals, tests=None, config=None):
@@ -63,3 +63,29 @@ def test_a_minimised_metric_counts_a_decrease_as_a_gain():
     final = {"reference-ce": entry([1.0, 1.2, 0.9]), "search-a": entry([0.8, 1.0, 0.7])}
     assert decide(final, mode="min")["recommendation"] == "search-a"
     assert decide(final, mode="max")["recommendation"] == "reference-ce"
+
+
+def test_a_gain_carried_by_a_few_validation_rows_is_not_called_a_gain():
+    """The same +6 points on every seed (no training noise), but made of 6 rows out of 100 that
+    one model gets right and the other not, and 0 elsewhere: the validation sample's own noise
+    (about 2.4 points) makes it 2.5 standard errors; from 3 rows of 50 it is not enough."""
+    base_rows = [0.0] * 100
+    a_rows = [1.0] * 6 + [0.0] * 94
+    final = {
+        "reference-ce": {
+            "runs": [{"seed": s, "val": 0.5, "val_rows": base_rows} for s in range(3)],
+            "val_mean": 0.5,
+        },
+        "search-a": {
+            "runs": [{"seed": s, "val": 0.56, "val_rows": a_rows} for s in range(3)],
+            "val_mean": 0.56,
+        },
+    }
+    d = decide(final)["candidates"]["search-a"]["val"]
+    assert d["se_seeds"] < 1e-9 and abs(d["se_rows"] - 0.0239) < 1e-3 and d["rows"] == 100
+    assert decide(final)["status"] == "helped"
+    few = [1.0] * 3 + [0.0] * 47
+    for e, rows, v in ((final["search-a"], few, 0.56), (final["reference-ce"], [0.0] * 50, 0.5)):
+        for r in e["runs"]:
+            r["val_rows"], r["val"] = rows, v
+    assert decide(final)["status"] == "did_not_help"
