@@ -101,10 +101,11 @@ def sweep_winner(regime: str, args) -> dict:
             tail = (proc.stdout + proc.stderr)[-3000:]
             raise RuntimeError(f"the sweep on {regime} failed:\n{tail}")
         out = json.loads(results.read_text())
-    final = out["final"]
-    return {
-        "runs": final["winner"]["runs"],
-        "config": final["winner"]["config"],
+    final, chosen = out["final"], out["verdict"]["recommendation"]
+    return {  # the recommendation exactly as the sweep made it (no distillation when it says so)
+        "runs": final[chosen]["runs"],
+        "config": final[chosen]["config"],
+        "verdict": out["verdict"]["sentence"],
         "reference_ce_runs": final.get("reference-ce", {}).get("runs", []),
         "trials": len(out["trials"]),
         "seconds": time.perf_counter() - t0,

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
             "--wandb",
             "disabled",
             "--final-seeds",
-            "2",
+            "3",
             "--num-samples",
             str(args.num_samples),
             "--epochs",

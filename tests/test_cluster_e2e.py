@@ -189,11 +189,12 @@ def test_submit_stop_and_resubmit_a_sweep_through_the_job_server(head, bench, tm
     by_name = {f"{t['role']}-{t['trial_id']}": t for t in trials}
     for name, best in finished_before.items():  # kept, with the same result
         assert by_name[name]["best_val_acc"] == pytest.approx(best, abs=5e-5)
-    assert set(results["final"]) == {"winner", "reference-ce", "reference-ucmkd"}
+    assert set(results["final"]) >= {"reference-ce", "reference-ucmkd"}
+    assert set(results["final"]) == set(results["finalists"]) | {"reference-ce", "reference-ucmkd"}
 
     # a finished sweep is not run again, whether submitted or resumed
     for again in (["submit", "--no-wait", "--", *tune_args], ["resume", "--no-wait", "jobs"]):
         code, out = submit(head, *again)
         assert code == 0 and "already finished (job cmkd-jobs-2)" in out, out
     code, out = submit(head, "logs", "jobs")
-    assert "winner vs no distillation" in out
+    assert results["verdict"]["sentence"] in out

@@ -1,9 +1,10 @@
 """The sweep report and the Optuna study, rendered from a small recorded sweep.
 
 tests/fixtures/sweep-rec is a real smoke sweep (6 searched + 2 reference trials, ASHA, final
-retrain with 2 seeds) trimmed to its text files; benchmarks/record_sweep.py recorded it.
+retrain with 3 seeds) trimmed to its text files; benchmarks/record_sweep.py recorded it.
 """
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -61,7 +62,8 @@ def test_report_renders_every_section_and_figure(sweep, capsys):
     results = json.loads((sweep / "results.json").read_text())
     for t in results["trials"]:  # every trial is on the leaderboard
         assert t["trial_id"] in text
-    assert "winner vs no distillation (ce)" in text and "test accuracy points" in text
+    verdict = results["verdict"]["sentence"]
+    assert html.escape(verdict) in text and "vs no distillation, paired over" in text
     for name in FIGURES:
         png = sweep / "report" / f"{name}.png"
         assert f'src="{name}.png"' in text
@@ -81,17 +83,18 @@ def test_blank_png_is_caught(tmp_path):
         assert_not_blank(tmp_path / "blank.png")
 
 
-def test_final_table_gains_match_results(sweep):
+def test_final_table_leads_with_the_verdict_and_the_recommendation(sweep):
     s = load_sweep(sweep)
-    final = s["results"]["final"]
+    results = s["results"]
+    final, verdict = results["final"], results["verdict"]
     _, rows, lines = report.final_table(s)
-    assert [r[0] for r in rows][:3] == [
-        "winner",
-        "no distillation (ce)",
-        "UCMKD reference defaults",
-    ]
-    gain = 100 * (final["winner"]["test_acc_mean"] - final["reference-ce"]["test_acc_mean"])
-    assert f"{gain:+.2f} test accuracy points" in lines[0]
+    assert lines[0] == verdict["sentence"]
+    assert rows[0][0] == report.final_label(results, verdict["recommendation"])
+    assert "(recommended)" in rows[0][0] and len(rows) == len(final)
+    for name, c in verdict["candidates"].items():  # each finalist's paired difference, as kept
+        assert f"{name} vs no distillation, paired over {c['val']['n']} seeds: " + (
+            f"{100 * c['val']['mean']:+.2f}"
+        ) in "\n".join(lines)
 
 
 def test_asha_stopping_points_and_rungs(sweep):

@@ -5,7 +5,10 @@ from cmkd.verdict import decide, paired, passes, sentence
 
 def runs(vals, tests=None):
     tests = tests or vals
-    return [{"seed": s, "val": v, "test_acc": t} for s, (v, t) in enumerate(zip(vals, tests, strict=True))]
+    return [
+        {"seed": s, "val": v, "test_acc": t}
+        for s, (v, t) in enumerate(zip(vals, tests, strict=True))
+    ]
 
 
 def entry(vals, tests=None, config=None):
