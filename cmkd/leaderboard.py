@@ -73,6 +73,7 @@ def summarise(result_grid, metric: str, mode: str) -> list[dict]:
                     "epochs_run": int(df["epoch"].max()),
                     "test_acc_at_best": float(best.get("test_acc", float("nan"))),
                     "curve": [float(v) for v in df[metric]],
+                    "timeline": timeline(df, metric),
                 }
             )
             # a trial ASHA stopped has a partial value: it ran fewer epochs than its schedule
@@ -84,6 +85,19 @@ def summarise(result_grid, metric: str, mode: str) -> list[dict]:
     # candidate, however good its epochs before the NaN.
     rows.sort(key=lambda r: (r["error"] is not None, sign * r[key] if key in r else float("inf")))
     return rows
+
+
+def timeline(df, metric: str) -> list[list[float]]:
+    """Per reported epoch: [wall-clock timestamp, the objective (best value so far), the test
+    accuracy at the best epoch so far]; what a benchmark of the search needs."""
+    if "timestamp" not in df:
+        return []
+    best = df["best_" + metric] if "best_" + metric in df else df[metric]
+    test = df["best_test_acc"] if "best_test_acc" in df else df.get("test_acc")
+    return [
+        [float(t), float(b), float(x) if x == x else None]
+        for t, b, x in zip(df["timestamp"], best, test if test is not None else best, strict=True)
+    ]
 
 
 def print_leaderboard(rows: list[dict], metric: str, max_epochs: int, top: int = 10) -> None:

@@ -71,6 +71,7 @@ class TPESearch(Searcher):
         seed: int,
         budget: int,
         references: list[dict] = (),
+        sampler: str = "tpe",
     ):
         import optuna
 
@@ -80,16 +81,17 @@ class TPESearch(Searcher):
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         self.space = space
         direction = "maximize" if space.mode == "max" else "minimize"
+        tpe = optuna.samplers.TPESampler(
+            seed=seed,
+            multivariate=True,
+            constant_liar=True,  # trials running in parallel are not proposed twice
+            group=True,
+            n_startup_trials=startup_trials(budget),
+            gamma=good_share,
+        )
+        random = optuna.samplers.RandomSampler(seed=seed)
         self.study = optuna.create_study(
-            direction=direction,
-            sampler=optuna.samplers.TPESampler(
-                seed=seed,
-                multivariate=True,
-                constant_liar=True,  # trials running in parallel are not proposed twice
-                group=True,
-                n_startup_trials=startup_trials(budget),
-                gamma=good_share,
-            ),
+            direction=direction, sampler=tpe if sampler == "tpe" else random
         )
         # The same study (one storage) asked through a random sampler: the way out of repeats.
         self.random = optuna.create_study(
@@ -98,7 +100,7 @@ class TPESearch(Searcher):
             sampler=optuna.samplers.RandomSampler(seed=seed + 1),
             load_if_exists=True,
         )
-        for point in space.start:
+        for point in space.start if sampler == "tpe" else ():  # random search is plain
             self.study.enqueue_trial(point, skip_if_exists=True)
         self.pending = [dict(r) for r in references]
         self.references: dict[str, dict] = {}  # trial id -> config
@@ -202,6 +204,9 @@ class TPESearch(Searcher):
         ]
 
 
-def make_searcher(space: SearchSpace, seed: int, budget: int, references: list[dict]) -> TPESearch:
-    """The sweep's searcher (tests and benchmarks build it through here too)."""
-    return TPESearch(space, seed=seed, budget=budget, references=references)
+def make_searcher(
+    space: SearchSpace, seed: int, budget: int, references: list[dict], sampler: str = "tpe"
+) -> TPESearch:
+    """The sweep's searcher (tests and benchmarks build it through here too). ``sampler``
+    ``random`` is the baseline: random draws, no start points (references still run first)."""
+    return TPESearch(space, seed=seed, budget=budget, references=references, sampler=sampler)

@@ -84,7 +84,12 @@ class Progress(tune.Callback):
 class SearchOnlyASHA(ASHAScheduler):
     """ASHA over the searched trials; the reference trials always run their whole schedule
     and stay out of the rungs (a baseline cut at epoch 2 would be no baseline). Every trial is
-    stopped at its own last epoch (a space may search ``epochs`` below ``max_t``)."""
+    stopped at its own last epoch (a space may search ``epochs`` below ``max_t``). With
+    ``prune=False`` no trial is stopped early (the no-early-stopping baseline)."""
+
+    def __init__(self, *, prune: bool = True, **asha):
+        super().__init__(**asha)
+        self.prune = prune
 
     @staticmethod
     def _reference(trial) -> bool:
@@ -98,7 +103,7 @@ class SearchOnlyASHA(ASHAScheduler):
             if not self._reference(trial):
                 super().on_trial_result(tune_controller, trial, result)  # its rung records it
             return TrialScheduler.STOP
-        if self._reference(trial):
+        if self._reference(trial) or not self.prune:
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 
@@ -109,7 +114,7 @@ class SearchOnlyASHA(ASHAScheduler):
         super().on_trial_complete(tune_controller, trial, result)
 
 
-def make_scheduler(space, max_epochs: int) -> ASHAScheduler:
+def make_scheduler(space, max_epochs: int, prune: bool = True) -> ASHAScheduler:
     """ASHA on the sweep's objective, ``best_<metric>`` (the best value up to each epoch).
 
     ``time_attr`` is the epoch each trial reports: Tune does not persist its own counters on
@@ -122,6 +127,7 @@ def make_scheduler(space, max_epochs: int) -> ASHAScheduler:
         max_t=max_epochs,
         grace_period=max(1, max_epochs // 4),
         reduction_factor=2,
+        prune=prune,
     )
 
 
@@ -393,8 +399,11 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(space, args.seed, args.num_samples, references(space)),
-                scheduler=make_scheduler(space, max_epochs),
+                search_alg=make_searcher(
+                    space, args.seed, args.num_samples, references(space), args.searcher
+                ),
+                scheduler=make_scheduler(space, max_epochs, prune=args.early_stop == "asha"),
+                time_budget_s=args.time_budget,
                 num_samples=budget,
                 max_concurrent_trials=concurrency,
                 trial_name_creator=trial_name,
@@ -413,11 +422,21 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             ),
         )
     # Frees the CPUs a stopped trial's Train worker group can leave reserved (cmkd/placement.py).
+    tune_started_at, t_fit = time.time(), time.perf_counter()
     with IdleGroupReaper(idle_s=60, say=lambda m: print(f"note: {m}", flush=True)):
         grid = tuner.fit()
     sweep_s = time.perf_counter() - t_start
     finished = grid.num_terminated + grid.num_errors
-    if finished < budget:  # Ctrl-C or a stopped driver: keep what is done
+    out_of_time = args.time_budget is not None and (
+        time.perf_counter() - t_fit >= 0.95 * args.time_budget
+    )
+    if out_of_time:
+        print(
+            f"\ntime budget of {args.time_budget:g} s spent: {finished} trial(s) ended; the "
+            "trials cut short are ranked on the epochs they ran",
+            flush=True,
+        )
+    elif finished < budget:  # Ctrl-C or a stopped driver: keep what is done
         print(
             f"\nsweep interrupted: {finished} of {budget} trials done, kept in "
             f"{path}. Continue it with the same command and --resume.",
@@ -503,6 +522,10 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         "final": final,
         "final_failed": final_failed,
         "verdict": {**verdict, "config": chosen_config},
+        "searcher": args.searcher,
+        "early_stop": args.early_stop,
+        "time_budget_s": args.time_budget,
+        "tune_started_at": tune_started_at,
         "sweep_s": sweep_s,
         "total_s": total_s,
         "prepare_s": getattr(args, "prepare_s", None),

@@ -22,6 +22,8 @@ FLAGS = {
     "seed": "--seed",
     "num_samples": "--num-samples",
     "workers_per_trial": "--workers-per-trial",
+    "searcher": "--searcher",
+    "early_stop": "--early-stop",
     "space": "--space (its contents, with --epochs)",
 }
 
@@ -37,6 +39,8 @@ def record(args, space, data_cfg) -> dict[str, Any]:
         "seed": args.seed,
         "num_samples": args.num_samples,
         "workers_per_trial": args.workers_per_trial,
+        "searcher": args.searcher,
+        "early_stop": args.early_stop,
         "space": space.to_dict(),
     }
 

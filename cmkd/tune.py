@@ -94,6 +94,28 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="trials at once (default: what the cluster holds)",
     )
     p.add_argument(
+        "--searcher",
+        choices=("tpe", "random"),
+        default="tpe",
+        help="tpe: Optuna's TPE, warm-started by the references and the space's start points; "
+        "random: independent random draws, as a baseline (default tpe)",
+    )
+    p.add_argument(
+        "--early-stop",
+        choices=("asha", "none"),
+        default="asha",
+        help="asha: stop poor trials at rungs of 1/4, 1/2, ... of the epochs; none: every trial "
+        "runs its whole schedule (default asha)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop starting and running trials after this long; the final retrain and the "
+        "verdict follow with what finished (default: no limit, --num-samples decides)",
+    )
+    p.add_argument(
         "--final-seeds", type=int, default=3, help="seeds of the final retrain (0: skip)"
     )
     p.add_argument("--epochs", type=int, default=None, help="override the space's epochs")
@@ -253,6 +275,10 @@ def main(argv=None) -> int:
                 "rows per class, or 'split'"
             )
         vpc = args.val_per_class if args.val_per_class == "split" else int(args.val_per_class)
+        if args.time_budget is not None and not args.time_budget > 0:
+            raise ConfigError(
+                f"--time-budget {args.time_budget:g}: expected a number of seconds > 0"
+            )
         from cmkd.trial import for_machine
 
         for_machine({}, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker)
