@@ -365,33 +365,21 @@ def make_trainer(
     )
 
 
-def retrain_distributed(
-    config: dict,
-    *,
-    payload_ref: list,
-    train_ref: list,
-    data_cfg: dict,
-    resources: Resources,
-    storage: str,
-    name: str,
-    metric: str,
-) -> dict:
+def retrain_distributed(config: dict, *, name: str, metric: str, **wiring) -> dict:
     """One final-retrain run with the trials' own K-worker recipe (run as a Ray task).
 
-    Returns ``val`` (``metric`` at the best epoch) and the best epoch's accuracies."""
+    ``wiring``: :func:`make_trainer`'s ``payload_ref``, ``train_ref``, ``data_cfg``,
+    ``resources`` and ``storage``. Returns ``val`` (``metric`` at the best epoch) and the best
+    epoch's accuracies."""
     result = make_trainer(
         config,
-        payload_ref=payload_ref,
-        train_ref=train_ref,
         stream=None,
-        data_cfg=data_cfg,
-        resources=resources,
-        storage=storage,
         name=name,
         max_failures=1,
         diverged_uri=None,
         metric=metric,
         callbacks=[],
+        **wiring,
     ).fit()
     m = result.metrics
     if result.error is not None or not m:

@@ -10,11 +10,9 @@ import os
 import pickle
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,14 +52,6 @@ def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "synth"
     build_synth(out, "synth", seed=0, train_per_class=30, val_per_class=20, test_per_class=20)
     return out
-
-
-@pytest.fixture()
-def ray_tmp():
-    """A Ray temp dir of this test's own (short: Ray's socket paths must stay short)."""
-    path = tempfile.mkdtemp(prefix="cr", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def env(ray_tmp, **extra):

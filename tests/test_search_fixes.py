@@ -143,3 +143,42 @@ def test_resume_with_other_arguments_names_each_difference(bench, tmp_path, caps
     assert "the space's fixed.epochs was 2, now 3" in err
     stored = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert stored["labels_per_class"] == 5  # untouched
+
+
+def test_without_early_stopping_every_trial_runs_its_schedule(tmp_path):
+    from ray.tune.schedulers import TrialScheduler
+
+    from cmkd.sweep import make_scheduler
+
+    space = load_space("smoke")
+    asha = make_scheduler(space, 8, prune=False)
+
+    class Trial:
+        def __init__(self, i):
+            self.trial_id, self.config = f"t{i}", {"epochs": 8, "role": "search"}
+
+    trials = [Trial(i) for i in range(4)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+    for epoch in range(1, 8):  # a worse trial at every rung is never cut
+        for i, t in enumerate(trials):
+            d = asha.on_trial_result(None, t, {"epoch": epoch, "best_val_acc": 0.1 * (i + 1)})
+            assert d == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, trials[0], {"epoch": 8, "best_val_acc": 0.1}) == "STOP"
+
+
+def test_random_searcher_is_plain_random_search():
+    space = load_space("default")
+    from cmkd.searcher import make_searcher
+
+    searcher = make_searcher(space, seed=0, budget=8, references=[], sampler="random")
+    first = searcher.suggest("t0")
+    assert not (first["algorithm"] == "kd_unpaired" and first.get("kd_alpha") == 0.9)
+    assert type(searcher.study.sampler).__name__ == "RandomSampler"
+
+
+def test_a_time_budget_must_be_positive(bench, tmp_path, capsys):
+    code = tune.main(tune_args(bench, tmp_path, "--time-budget", "0"))
+    assert (
+        code == 2 and "--time-budget 0: expected a number of seconds > 0" in capsys.readouterr().err
+    )

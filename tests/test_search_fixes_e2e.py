@@ -3,10 +3,8 @@ multi-worker sweep ran another recipe (one process), and a sweep whose every tri
 exited 0."""
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -21,13 +19,6 @@ def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "synth"
     build_synth(out, "synth", seed=0, train_per_class=30, val_per_class=10, test_per_class=20)
     return out
-
-
-@pytest.fixture()
-def ray_tmp():
-    path = tempfile.mkdtemp(prefix="cr", dir="/tmp")  # Ray's socket paths must stay short
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_final_retrain_of_a_two_worker_sweep_runs_the_trials_recipe(bench, ray_tmp, tmp_path):
