@@ -355,9 +355,32 @@ def make_trainable(
     return trainable, payload_ref, train_ref
 
 
+class StopSignal:
+    """SIGTERM (``ray job stop``, a scheduler, a preempted node) ends a sweep as Ctrl-C does:
+    while Tune runs, its own graceful stop (experiment state saved, trials kept); at any other
+    moment, an exit with status 143. Either way the local Ray cluster is shut down on exit."""
+
+    received = False
+
+    @classmethod
+    def install(cls) -> None:
+        import signal
+
+        def on_sigterm(signum, frame):
+            cls.received = True
+            handler = signal.getsignal(signal.SIGINT)
+            if callable(handler) and handler is not signal.default_int_handler:
+                handler(signal.SIGINT, frame)  # Tune's handler while it runs: stop gracefully
+            else:
+                raise SystemExit(143)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_start: float) -> int:
     """Start (or resume) the sweep on the cluster, then retrain and write the results."""
     ray_env()
+    StopSignal.install()
     if not ray.is_initialized():
         # The local cluster started here: Train's preemption watcher, an actor per trial (about
         # 0.1 GB) that watches for nodes being drained, has no other node to watch. (Attached
@@ -436,13 +459,14 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             "trials cut short are ranked on the epochs they ran",
             flush=True,
         )
-    elif finished < budget:  # Ctrl-C or a stopped driver: keep what is done
+    elif finished < budget or StopSignal.received:  # Ctrl-C, SIGTERM: keep what is done
+        how = "stopped by SIGTERM" if StopSignal.received else "interrupted"
         print(
-            f"\nsweep interrupted: {finished} of {budget} trials done, kept in "
+            f"\nsweep {how}: {finished} of {budget} trials done, kept in "
             f"{path}. Continue it with the same command and --resume.",
             flush=True,
         )
-        return 130
+        return 143 if StopSignal.received else 130
     rows = summarise(grid, space.metric, space.mode)
     print_leaderboard(rows, space.metric, max_epochs)
     top = finalists(rows, space.metric, space.mode, space.finalists)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import signal
 import sys
 import time
@@ -135,6 +136,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--stream-above-mb", type=float, default=1024.0, metavar="MB")
     return p.parse_args(argv)
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""A sweep name: letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100
+characters and no '..': it names one folder inside --storage, locally and in a bucket."""
+
+RANGES = (  # flag, attribute, lowest allowed, what it is
+    ("--num-samples", "num_samples", 1, "searched trials"),
+    ("--final-seeds", "final_seeds", 0, "seeds of the final retrain (0 skips it)"),
+    ("--max-concurrent", "max_concurrent", 1, "trials at once"),
+    ("--workers-per-trial", "workers_per_trial", 1, "Train workers per trial"),
+    ("--gpus-per-worker", "gpus_per_worker", 0, "GPUs per worker"),
+)
+
+
+def check_flags(args) -> None:
+    """Ranges of the numeric flags and the sweep name, before anything starts or is written."""
+    for flag, attr, low, what in RANGES:
+        value = getattr(args, attr)
+        if value is not None and value < low:
+            raise ConfigError(f"{flag} {value:g}: expected {what}, a number >= {low}")
+    if args.cpus_per_worker is not None and not args.cpus_per_worker > 0:
+        raise ConfigError(
+            f"--cpus-per-worker {args.cpus_per_worker:g}: expected CPUs per worker, a number > 0"
+        )
+    if args.name is not None and (not NAME.fullmatch(args.name) or ".." in args.name):
+        raise ConfigError(
+            f"--name {args.name!r}: a sweep name is letters, digits, '.', '_' and '-', starts "
+            "with a letter or digit, has no '..' and at most 100 characters (it names one "
+            "folder inside --storage)"
+        )
 
 
 def sweep_name(args) -> str:
@@ -261,7 +293,10 @@ def main(argv=None) -> int:
             if "epochs" in space.names:
                 raise ConfigError(f"--epochs: {space.path} searches epochs; drop one of the two")
             space = dataclasses.replace(space, fixed={**space.fixed, "epochs": args.epochs})
-        if args.labels_per_class != "all" and not args.labels_per_class.isdigit():
+        check_flags(args)
+        if args.labels_per_class != "all" and (
+            not args.labels_per_class.isdigit() or int(args.labels_per_class) < 1
+        ):
             raise ConfigError(
                 f"--labels-per-class {args.labels_per_class!r}: expected a whole number of "
                 "labelled samples per class, or 'all'"
@@ -269,7 +304,9 @@ def main(argv=None) -> int:
         lpc = (
             args.labels_per_class if args.labels_per_class == "all" else int(args.labels_per_class)
         )
-        if args.val_per_class != "split" and not args.val_per_class.isdigit():
+        if args.val_per_class != "split" and (
+            not args.val_per_class.isdigit() or int(args.val_per_class) < 1
+        ):
             raise ConfigError(
                 f"--val-per-class {args.val_per_class!r}: expected a whole number of validation "
                 "rows per class, or 'split'"

@@ -130,3 +130,32 @@ def test_local_cluster_runs_no_preemption_watcher(monkeypatch):
     assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     # the dashboard stays: Train's placement group cleaner needs the State API it serves
     assert "include_dashboard" not in seen[-1]
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--num-samples", "-1", "--num-samples -1: expected searched trials, a number >= 1"),
+        ("--final-seeds", "-1", "--final-seeds -1: expected seeds of the final retrain"),
+        ("--max-concurrent", "0", "--max-concurrent 0: expected trials at once"),
+        ("--workers-per-trial", "0", "--workers-per-trial 0: expected Train workers"),
+        ("--gpus-per-worker", "-1", "--gpus-per-worker -1: expected GPUs per worker"),
+        ("--cpus-per-worker", "0", "--cpus-per-worker 0: expected CPUs per worker"),
+        ("--labels-per-class", "0", "--labels-per-class '0': expected a whole number"),
+        ("--val-per-class", "0", "--val-per-class '0': expected a whole number"),
+        ("--name", "../../escape", "--name '../../escape': a sweep name is letters"),
+        ("--name", "/abs", "--name '/abs': a sweep name"),
+        ("--name", "a/b", "--name 'a/b': a sweep name"),
+    ],
+)
+def test_a_bad_flag_is_one_error_line_and_nothing_is_written(
+    capsys, tmp_path, synth, flag, value, expected
+):
+    storage = tmp_path / "runs"
+    code = tune.main(
+        ["--space", "smoke", "--benchmark", str(synth), "--storage", str(storage), flag, value]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and expected in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not storage.exists() or not any(storage.iterdir())
