@@ -131,8 +131,9 @@ def run_tune(regime: str, num_samples: int, lpc: int, data_root: Path) -> float 
         results = Path(tmp) / regime / "results.json"
         if proc.returncode != 0 or not results.is_file():
             return None
-        final = json.loads(results.read_text())["final"]
-        return 100 * (final["winner"]["test_acc_mean"] - final["reference-ce"]["test_acc_mean"])
+        out = json.loads(results.read_text())
+        final, chosen = out["final"], out["verdict"]["recommendation"]
+        return 100 * (final[chosen]["test_acc_mean"] - final["reference-ce"]["test_acc_mean"])
 
 
 def agrees(verdict: str, gain: float, se: float) -> str:

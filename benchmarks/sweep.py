@@ -131,14 +131,15 @@ def main(argv=None) -> None:
             f"{100 * e['test_acc_teacher_head_mean']:.2f} ± "
             f"{100 * e['test_acc_teacher_head_std']:.2f} | {len(e['runs'])} |"
         )
-    if "winner" in final:
-        w = final["winner"]
-        lines += ["", "Winner configuration: `" + json.dumps(w["config"]) + "`", ""]
-        for ref in ("reference-ce", "reference-ucmkd"):
-            if ref in final:
-                gain = 100 * (w["test_acc_mean"] - final[ref]["test_acc_mean"])
-                verdict = "above" if gain > 0 else "NOT above"
-                lines.append(f"- winner vs {ref}: {gain:+.2f} points ({verdict} the reference)")
+    verdict = res.get("verdict") or {}
+    if verdict:
+        chosen = verdict["recommendation"]
+        lines += [
+            "",
+            f"Recommendation: `{chosen}` `" + json.dumps(verdict.get("config")) + "`",
+            "",
+            f"Verdict, as the console ends: {verdict['sentence']}",
+        ]
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -24,16 +24,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shlex
 import sys
 import time
 from pathlib import Path
 
+from cmkd import cli
+
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"
 ENTRYPOINT = ("python", "-m", "cmkd.tune")
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -60,12 +60,20 @@ def submission_id(name: str, attempt: int) -> str:
 
 
 def check_name(name: str) -> str:
-    if not NAME.fullmatch(name):
+    """A sweep name as cmkd.tune takes it (:data:`cmkd.cli.SWEEP_NAME`)."""
+    if not cli.valid_sweep_name(name):
         raise SubmitError(
-            f"sweep name {name!r}: use letters, digits, '.', '_' and '-' (it names a folder "
-            "and a job id)"
+            f"sweep name {name!r}: expected letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit, no '..', at most 100 characters (it names a folder and a job id)"
         )
     return name
+
+
+def _name_arg(text: str) -> str:
+    try:
+        return check_name(text)
+    except SubmitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def entrypoint(tune_args: list[str], name: str) -> str:
@@ -89,9 +97,15 @@ def tune_args_of(entry: str) -> list[str]:
 
 def sweep_name_of(tune_args: list[str]) -> str:
     """The sweep name cmkd.tune will use for these arguments (its own default when unnamed)."""
-    from cmkd.tune import parse_args, sweep_name
+    from cmkd.config import ConfigError
+    from cmkd.tune import check_flags, parse_args, sweep_name
 
-    return check_name(sweep_name(parse_args(tune_args)))
+    args = parse_args(tune_args)
+    try:
+        check_flags(args)  # the ranges cmkd.tune checks, before the job server is contacted
+    except ConfigError as e:
+        raise SubmitError(str(e)) from None
+    return check_name(sweep_name(args))
 
 
 def runtime_env(path: Path = RUNTIME_ENV) -> dict:
@@ -277,12 +291,9 @@ def stop(c, name: str, timeout: float = 120) -> int:
     return 0 if final in TERMINAL else 1
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="python cluster/submit.py",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check the command line, contacting nothing: a bad value exits 2 (cmkd.cli)."""
+    p = cli.parser("python cluster/submit.py", __doc__)
     p.add_argument("--address", help="job server (default: RAY_ADDRESS or http://127.0.0.1:8265)")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("submit", help="submit (or continue) a sweep: submit [options] -- TUNE ARGS")
@@ -296,29 +307,36 @@ def parse_args(argv):
             "the head node",
         )
     s.add_argument("tune_args", nargs=argparse.REMAINDER, help="arguments of python -m cmkd.tune")
-    r.add_argument("name")
-    sub.add_parser("status", help="the sweep's attempts and their states").add_argument("name")
+    named = [r, sub.add_parser("status", help="the sweep's attempts and their states")]
     lg = sub.add_parser("logs", help="the latest attempt's output")
-    lg.add_argument("name")
     lg.add_argument("--follow", action="store_true", help="until the job ends")
-    sub.add_parser("stop", help="stop the running attempt; resume continues it").add_argument(
-        "name"
-    )
+    named += [lg, sub.add_parser("stop", help="stop the running attempt; resume continues it")]
+    for q in named:
+        q.add_argument("name", type=_name_arg, metavar="NAME", help="the sweep's name")
     rel = sub.add_parser("release", help="(runs on the cluster) free ended jobs' placement groups")
     rel.add_argument("job_ids", nargs="+")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.command == "submit":
+        args.tune_args = args.tune_args[1:] if args.tune_args[:1] == ["--"] else args.tune_args
+        try:
+            sweep_name_of(args.tune_args)  # cmkd.tune's parser checks its own arguments
+        except SubmitError as e:
+            cli.fail(str(e))
+    return args
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # a bad argument, already said on stderr (or --help)
+        return e.code
     use_token_if_any()
     if args.command == "release":
         return release_placement_groups(args.job_ids)
     try:
         c = client(args.address)
         if args.command == "submit":
-            tune_args = args.tune_args[1:] if args.tune_args[:1] == ["--"] else args.tune_args
-            return submit(c, tune_args, not args.no_wait, args.driver_resource)
+            return submit(c, args.tune_args, not args.no_wait, args.driver_resource)
         if args.command == "resume":
             return resume(c, args.name, not args.no_wait, args.driver_resource)
         if args.command == "status":

@@ -93,7 +93,7 @@ class DistillConfig(BaseModel):
     """Which head the run is scored by (``val_acc``, ``test_acc``): the student's own, the frozen
     teacher head on the student's features (h_t ∘ g_s, a valid predictor once the features are
     aligned), or whichever reads validation better at each epoch (test read the same way)."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     """Random seed of the run."""
 
     @classmethod
@@ -184,7 +184,7 @@ class DataConfig(BaseModel):
     """Validation rows per class drawn from the student's labelled train rows, disjoint from the
     training labels (a few-label user has no large validation set), or ``split``: the
     benchmark's own validation table."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed of the labelled subset and of the validation draw (not of training)."""
     encoder: Literal["auto", "mlp", "cnn"] = "auto"
     """Student encoder: auto picks a CNN for (C, H, W) inputs and an MLP for vectors."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cmkd import losses
+from cmkd import cli, losses
 from cmkd.config import ConfigError, DataConfig, DistillConfig
 from cmkd.methods import evaluate, teacher_head_logits
-from cmkd.train import Run, RunData, load_run_data
+from cmkd.train import Run, RunData, check_benchmark, load_run_data
 
 Z_HELPS = 2.0
 """How many standard deviations of the shuffled-correspondence reference a quantity must beat."""
@@ -318,40 +317,51 @@ def format_diagnosis(d: Diagnosis) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m cmkd.diagnose",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def check_args(argv=None) -> tuple[argparse.Namespace, DataConfig]:
+    """Parse and validate the command line, building nothing: a bad value exits 2 (cmkd.cli)."""
+    p = cli.parser("python -m cmkd.diagnose", __doc__)
     p.add_argument(
         "--benchmark", default="synth", help="synth, synth-nohelp, avdigits, or a built folder"
     )
     p.add_argument("--teacher", help="teacher modality (default: the benchmark's first)")
     p.add_argument("--student", help="student modality (default: the benchmark's second)")
-    p.add_argument("--labels-per-class", default="5", help="labelled student samples per class")
-    p.add_argument("--warmup-epochs", type=int, default=10)
-    p.add_argument("--steps-per-epoch", type=int, default=20)
-    p.add_argument("--permutations", type=int, default=20, help="shuffled correspondences")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--labels-per-class",
+        type=cli.labels_per_class,
+        default=5,
+        help="labelled student samples per class, or 'all'",
+    )
+    p.add_argument("--warmup-epochs", type=cli.positive_int, default=10)
+    p.add_argument("--steps-per-epoch", type=cli.positive_int, default=20)
+    p.add_argument(
+        "--permutations", type=cli.positive_int, default=20, help="shuffled correspondences"
+    )
+    p.add_argument("--seed", type=cli.seed, default=0)
     p.add_argument("--data-root", default="data")
     p.add_argument("--json", help="also write the numbers as JSON here")
     args = p.parse_args(argv)
+    check_benchmark(args.benchmark, "--benchmark")
+    if args.teacher is not None and args.teacher == args.student:
+        cli.fail(f"--student {args.student!r}: expected a modality other than --teacher's")
+    data_cfg = DataConfig(
+        benchmark=args.benchmark,
+        teacher=args.teacher,
+        student=args.student,
+        labels_per_class=args.labels_per_class,
+        data_root=args.data_root,
+    )
+    return args, data_cfg
+
+
+def main(argv=None) -> int:
     try:
-        lpc = args.labels_per_class
-        if lpc != "all" and not lpc.isdigit():
-            raise ConfigError(f"--labels-per-class {lpc!r}: expected a whole number or 'all'")
-        data_cfg = DataConfig(
-            benchmark=args.benchmark,
-            teacher=args.teacher,
-            student=args.student,
-            labels_per_class=lpc if lpc == "all" else int(lpc),
-            data_root=args.data_root,
-        )
+        args, data_cfg = check_args(argv)
+    except SystemExit as e:  # a bad argument, already said on stderr (or --help)
+        return e.code
+    try:
         data = load_run_data(data_cfg, args.seed)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, ValueError, FileNotFoundError) as e:  # what only the data can tell
+        return cli.error(str(e))
     torch.manual_seed(args.seed)
     d = diagnose(
         data,

@@ -22,11 +22,11 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
+from cmkd import cli
 from cmkd.study import STUDY_FILE, export_study, load_sweep, to_study
 
 # Files the report reads; a remote sweep's checkpoints and W&B folders are not downloaded.
@@ -654,19 +654,19 @@ def make_report(
     return page
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m cmkd.report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and validate the command line, reading nothing: a bad value exits 2 (cmkd.cli)."""
+    p = cli.parser("python -m cmkd.report", __doc__)
     p.add_argument("sweep", help="the sweep's storage folder (runs/NAME), or s3://... / gs://...")
     p.add_argument(
         "--out",
         help="report folder (default: SWEEP/report, or runs/NAME/report for a remote sweep)",
     )
     p.add_argument(
-        "--top", type=int, default=5, help="searched trials drawn in the curves (default 5)"
+        "--top",
+        type=cli.positive_int,
+        default=5,
+        help="searched trials drawn in the curves (default 5)",
     )
     p.add_argument(
         "--wandb",
@@ -676,13 +676,27 @@ def main(argv=None) -> int:
     )
     p.add_argument("--wandb-project", default="cmkd")
     args = p.parse_args(argv)
+    if "://" not in args.sweep and not Path(args.sweep).is_dir():
+        cli.fail(
+            f"sweep {args.sweep!r}: no such sweep folder (expected a sweep's storage folder, "
+            "runs/NAME, or an s3:// / gs:// URI)"
+        )
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        cli.fail(f"--out {args.out!r}: a file is there, expected a folder for the report")
+    return args
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # a bad argument, already said on stderr (or --help)
+        return e.code
     try:
         page = make_report(
             args.sweep, args.out, wandb_mode=args.wandb, project=args.wandb_project, top=args.top
         )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as e:  # what only the sweep's files can tell
+        return cli.error(str(e))
     study = page.parent / STUDY_FILE
     study = study if study.is_file() else Path(args.sweep) / STUDY_FILE
     print(f"report written to {page}")

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from cmkd import cli
 from cmkd.bank import BankSampler, TeacherBank
 from cmkd.config import ConfigError, DataConfig, DistillConfig, Experiment
 from cmkd.data import (
@@ -153,6 +154,14 @@ def load_run_data(cfg: DataConfig, seed: int | None = None, log=print) -> RunDat
         ensure_bank(bench, teacher, log), fingerprint=benchmark_fingerprint(bench)
     )
     ids, y = scan_labels(bench, student, "train", meta)
+    counts = np.bincount(y, minlength=meta.num_classes)
+    if cfg.labels_per_class != "all" and counts.min() < cfg.labels_per_class:
+        c = int(counts.argmin())
+        raise ConfigError(
+            f"data.labels_per_class {cfg.labels_per_class} (--labels-per-class): class {c} has "
+            f"only {counts[c]} row(s) in {split_path(bench, student, 'train')}; ask for at "
+            f"most {counts.min()}"
+        )
     if cfg.val_per_class == "split":
         val_idx = None
         idx = subsample_per_class(y, cfg.labels_per_class, seed)
@@ -478,29 +487,43 @@ def fit(
     return {"best": run.best, "history": run.history, "best_val_rows": run.best_val_rows}
 
 
-def _parse_sets(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set w_fa=0.5")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+def check_benchmark(name: str, flag: str) -> None:
+    """Refuse (exit 2) a benchmark that resolve_benchmark would not take, before it builds one."""
+    if name not in BUILTIN and not (Path(name) / "meta.json").is_file():
+        cli.fail(
+            f"{flag} {name!r}: not a built-in ({', '.join(BUILTIN)}) and no meta.json in that "
+            "folder; expected a built-in's name or a built benchmark's folder"
+        )
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m cmkd.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _set(pair: str) -> tuple[str, object]:
+    """An argparse ``type=`` for ``--set KEY=VALUE``: the value read as YAML (0.5, true, null)."""
+    key, eq, value = pair.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"got {pair!r}, expected KEY=VALUE, e.g. --set w_fa=0.5")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(
+            f"got {pair!r}, expected KEY=VALUE with a YAML value, e.g. --set w_fa=0.5"
+        ) from None
+
+
+def check_args(argv=None) -> tuple[argparse.Namespace, Experiment]:
+    """Parse and validate the command line, building nothing: a bad value exits 2 (cmkd.cli)."""
+    p = cli.parser("python -m cmkd.train", __doc__)
     p.add_argument("--config", help="experiment YAML with 'data:' and 'distill:' sections")
     p.add_argument(
         "--benchmark", help="synth, synth-nohelp, avdigits, or a built benchmark's folder"
     )
-    p.add_argument("--labels-per-class", help="labelled student samples per class, or 'all'")
+    p.add_argument(
+        "--labels-per-class",
+        type=cli.labels_per_class,
+        help="labelled student samples per class, or 'all'",
+    )
     p.add_argument(
         "--set",
+        type=_set,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -517,25 +540,36 @@ def main(argv=None) -> int:
             if args.config
             else Experiment(distill=DistillConfig(epochs=30, steps_per_epoch=20, batch_size=32))
         )
-        data_over = {
-            k: v
-            for k, v in (("benchmark", args.benchmark), ("labels_per_class", args.labels_per_class))
-            if v
-        }
-        if "labels_per_class" in data_over and data_over["labels_per_class"] != "all":
-            data_over["labels_per_class"] = int(data_over["labels_per_class"])
+    except ConfigError as e:
+        cli.fail(f"--config {e}")
+    data = exp.data.model_dump()
+    for key in ("benchmark", "labels_per_class"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    distill = exp.distill.model_dump()
+    try:
+        for key, value in args.set:  # each alone first, so that the error names its --set
+            DistillConfig.from_dict({**distill, key: value}, f"--set {key}", "distill.")
         exp = Experiment.from_dict(
-            {
-                "data": {**exp.data.model_dump(), **data_over},
-                "distill": {**exp.distill.model_dump(), **_parse_sets(args.set)},
-            },
-            source=args.config or "command line",
+            {"data": data, "distill": {**distill, **dict(args.set)}}, source="command line"
         )
+    except ConfigError as e:
+        cli.fail(str(e))
+    flag = "--benchmark" if args.benchmark else f"--config {args.config}: data.benchmark"
+    check_benchmark(exp.data.benchmark, flag)
+    return args, exp
+
+
+def main(argv=None) -> int:
+    try:
+        args, exp = check_args(argv)
+    except SystemExit as e:  # a bad argument, already said on stderr (or --help)
+        return e.code
+    try:
         torch.set_num_threads(torch.get_num_threads())
         data = load_run_data(exp.data)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}")
-        return 2
+    except (ConfigError, ValueError, FileNotFoundError) as e:  # what only the data can tell
+        return cli.error(str(e))
     print(
         f"student {data.student} ({len(data.y_train)} labelled), teacher {data.teacher} "
         f"(bank {len(data.bank.y)} rows), benchmark {data.meta.name}"

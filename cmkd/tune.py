@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
-import re
 import signal
 import sys
 import time
 from pathlib import Path
 
+from cmkd import cli
 from cmkd.config import VAL_PER_CLASS, ConfigError, DataConfig, DistillConfig
 from cmkd.leaderboard import (  # noqa: F401 (the names tests and benchmarks import from here)
     REFERENCE_UCMKD,
@@ -37,11 +38,7 @@ from cmkd.leaderboard import (  # noqa: F401 (the names tests and benchmarks imp
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m cmkd.tune",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = cli.parser("python -m cmkd.tune", __doc__)
     p.add_argument(
         "--space",
         default="default",
@@ -122,7 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="override the space's epochs")
     p.add_argument(
         "--seed",
-        type=int,
+        type=cli.seed,
         default=0,
         help="seed of the search (TPE), the labelled subset and the validation draw",
     )
@@ -135,12 +132,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "through Ray Data every epoch; auto streams above --stream-above-mb (default auto)",
     )
     p.add_argument("--stream-above-mb", type=float, default=1024.0, metavar="MB")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check every argument, the space and the data, say what would run, and exit "
+        "without starting Ray",
+    )
     return p.parse_args(argv)
 
-
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-"""A sweep name: letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100
-characters and no '..': it names one folder inside --storage, locally and in a bucket."""
 
 RANGES = (  # flag, attribute, lowest allowed, what it is
     ("--num-samples", "num_samples", 1, "searched trials"),
@@ -149,19 +148,24 @@ RANGES = (  # flag, attribute, lowest allowed, what it is
     ("--workers-per-trial", "workers_per_trial", 1, "Train workers per trial"),
     ("--gpus-per-worker", "gpus_per_worker", 0, "GPUs per worker"),
 )
+POSITIVE = (  # float flags that must be finite and > 0 when given
+    ("--cpus-per-worker", "cpus_per_worker", "CPUs per worker"),
+    ("--time-budget", "time_budget", "a number of seconds"),
+    ("--stream-above-mb", "stream_above_mb", "a size in MiB"),
+)
 
 
 def check_flags(args) -> None:
     """Ranges of the numeric flags and the sweep name, before anything starts or is written."""
     for flag, attr, low, what in RANGES:
         value = getattr(args, attr)
-        if value is not None and value < low:
+        if value is not None and not (math.isfinite(value) and value >= low):
             raise ConfigError(f"{flag} {value:g}: expected {what}, a number >= {low}")
-    if args.cpus_per_worker is not None and not args.cpus_per_worker > 0:
-        raise ConfigError(
-            f"--cpus-per-worker {args.cpus_per_worker:g}: expected CPUs per worker, a number > 0"
-        )
-    if args.name is not None and (not NAME.fullmatch(args.name) or ".." in args.name):
+    for flag, attr, what in POSITIVE:
+        value = getattr(args, attr)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag} {value:g}: expected {what}, a finite number > 0")
+    if args.name is not None and not cli.valid_sweep_name(args.name):
         raise ConfigError(
             f"--name {args.name!r}: a sweep name is letters, digits, '.', '_' and '-', starts "
             "with a letter or digit, has no '..' and at most 100 characters (it names one "
@@ -312,10 +316,6 @@ def main(argv=None) -> int:
                 "rows per class, or 'split'"
             )
         vpc = args.val_per_class if args.val_per_class == "split" else int(args.val_per_class)
-        if args.time_budget is not None and not args.time_budget > 0:
-            raise ConfigError(
-                f"--time-budget {args.time_budget:g}: expected a number of seconds > 0"
-            )
         from cmkd.trial import for_machine
 
         for_machine({}, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker)
@@ -347,8 +347,14 @@ def main(argv=None) -> int:
         data = load_run_data(data_cfg)
         args.prepare_s = time.perf_counter() - t_start  # building, validating, loading the data
     except (ConfigError, SpaceError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.error(str(e))
+    if args.check:
+        print(
+            f"ok: sweep {name!r} in {root}: {args.num_samples} searched + 2 reference trials of "
+            f"{space.path}, {data.student} student ({len(data.y_train)} labelled, "
+            f"{len(data.y_val)} validation rows) from the {data.teacher} teacher"
+        )
+        return 0
     args.wandb = setup_wandb_env(args.wandb, root, name)  # the summary run logs the same way
     # `ray job stop`, a scheduler or `kill` send SIGTERM: exit through Python so that the local
     # Ray cluster this process started is shut down, not left holding the machine.

@@ -54,7 +54,7 @@ def refused(capsys, tmp_path, synth, *argv) -> str:
         (["--gpus-per-worker", "0.5"], "--gpus-per-worker 0.5: fractional GPUs break DDP"),
         (["--student", "video"], "data.student: modality 'video' not in benchmark"),
         (["--student", "a", "--teacher", "a"], "data.student and data.teacher are both 'a'"),
-        (["--labels-per-class", "500"], "fewer than k=500"),
+        (["--labels-per-class", "500"], "data.labels_per_class 500 (--labels-per-class): class 0"),
     ],
     ids=["epochs-zero", "fractional-gpu", "unknown-modality", "same-modality", "too-few-labels"],
 )

@@ -180,5 +180,7 @@ def test_random_searcher_is_plain_random_search():
 def test_a_time_budget_must_be_positive(bench, tmp_path, capsys):
     code = tune.main(tune_args(bench, tmp_path, "--time-budget", "0"))
     assert (
-        code == 2 and "--time-budget 0: expected a number of seconds > 0" in capsys.readouterr().err
+        code == 2
+        and "--time-budget 0: expected a number of seconds, a finite number > 0"
+        in capsys.readouterr().err
     )

@@ -60,9 +60,9 @@ def test_low_label_subsample_and_history(bench):
 
 def test_bad_command_line_names_the_problem(bench, capsys):
     assert train.main(["--benchmark", str(bench), "--set", "epsilom=0.1"]) == 2
-    assert "unknown key 'distill.epsilom' (did you mean 'epsilon'?)" in capsys.readouterr().out
+    assert "unknown key 'distill.epsilom' (did you mean 'epsilon'?)" in capsys.readouterr().err
     assert train.main(["--benchmark", "nowhere"]) == 2
-    assert "not a built-in" in capsys.readouterr().out
+    assert "not a built-in" in capsys.readouterr().err
 
 
 def test_experiment_file_runs_again(bench, tmp_path, capsys):

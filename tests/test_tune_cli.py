@@ -159,3 +159,70 @@ def test_a_bad_flag_is_one_error_line_and_nothing_is_written(
     assert code == 2 and err.startswith("error: ") and expected in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not storage.exists() or not any(storage.iterdir())
+
+
+NUMERIC_FLAGS = (
+    "--num-samples",
+    "--final-seeds",
+    "--max-concurrent",
+    "--workers-per-trial",
+    "--gpus-per-worker",
+    "--cpus-per-worker",
+    "--epochs",
+    "--seed",
+    "--labels-per-class",
+    "--val-per-class",
+    "--time-budget",
+    "--stream-above-mb",
+)
+ODD = ("", "-", "nan", "inf", "-inf", "1e999", "../x", "/etc", "0x10", " 3", "all", "split")
+
+
+@pytest.fixture(scope="module")
+def prebuilt(tmp_path_factory):
+    from cmkd.data.synth import build_synth
+    from cmkd.train import ensure_bank
+
+    out = tmp_path_factory.mktemp("bench") / "synth"
+    build_synth(out, "synth", train_per_class=20, val_per_class=5, test_per_class=5)
+    ensure_bank(out, "a", log=lambda *_: None)  # the teacher, once for every example
+    return out
+
+
+def test_every_numeric_flag_is_valid_or_one_error_line_naming_it(prebuilt, tmp_path_factory):
+    """Generated values for every numeric flag of `python -m cmkd.tune --check`: either the
+    sweep would run (exit 0, nothing started), or exit 2 with one `error:` line naming the
+    flag, no traceback, nothing written under the storage path."""
+    import contextlib
+    import io
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    values = st.one_of(
+        st.integers(-(10**6), 10**6).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.sampled_from(ODD),
+    )
+
+    @settings(max_examples=60, deadline=None)
+    @given(flag=st.sampled_from(NUMERIC_FLAGS), value=values)
+    def check(flag, value):
+        storage = tmp_path_factory.mktemp("storage")
+        argv = ["--space", "smoke", "--benchmark", str(prebuilt), "--storage", str(storage)]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = tune.main([*argv, "--check", f"{flag}={value}"])
+            except SystemExit as e:  # argparse's own refusals (a type it cannot parse)
+                code = e.code
+        lines = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
+        assert "Traceback" not in err.getvalue() + out.getvalue()
+        if code == 0:
+            assert "ok: sweep" in out.getvalue()
+            return
+        assert code == 2, (flag, value, err.getvalue())
+        assert len(lines) == 1 and flag in lines[0], (flag, value, err.getvalue())
+        assert not any(storage.iterdir()), (flag, value)
+
+    check()

@@ -14,11 +14,13 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from cmkd import cli
 from cmkd.data.schema import (
     META_FILE,
     SPLITS,
@@ -29,18 +31,21 @@ from cmkd.data.schema import (
     validate_benchmark,
 )
 
-_SYNTH_HELP = {
-    "num_classes": "classes shared by both modalities",
-    "dim": "observed features per modality, x: (dim,)",
-    "shared": "modality-general decisive latent dims (same class code in a and b)",
-    "specific": "modality-specific decisive latent dims, per modality",
-    "nondecisive": "latent dims per modality without label information",
-    "class_sep": "std of the class codes in each decisive dim",
-    "noise": "within-class std of the decisive latents",
-    "obs_noise": "std of the noise on the observed features",
-    "train_per_class": "train samples per class and modality",
-    "val_per_class": "val samples per class and modality",
-    "test_per_class": "test samples per class and modality",
+_SYNTH_KNOBS = {  # flag: help, and the range SynthParams checks (here per flag, by name)
+    "num_classes": ("classes shared by both modalities", cli.integer(2)),
+    "dim": ("observed features per modality, x: (dim,)", cli.positive_int),
+    "shared": (
+        "modality-general decisive latent dims (same class code in a and b)",
+        cli.non_negative_int,
+    ),
+    "specific": ("modality-specific decisive latent dims, per modality", cli.non_negative_int),
+    "nondecisive": ("latent dims per modality without label information", cli.non_negative_int),
+    "class_sep": ("std of the class codes in each decisive dim", cli.positive_float),
+    "noise": ("within-class std of the decisive latents", cli.non_negative_float),
+    "obs_noise": ("std of the noise on the observed features", cli.non_negative_float),
+    "train_per_class": ("train samples per class and modality", cli.positive_int),
+    "val_per_class": ("val samples per class and modality", cli.positive_int),
+    "test_per_class": ("test samples per class and modality", cli.positive_int),
 }
 
 
@@ -48,9 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     from cmkd.data.avdigits import VARIANTS, WORDS
     from cmkd.data.synth import REGIMES
 
-    parser = argparse.ArgumentParser(
-        prog="python -m cmkd.data",
-        description="Build, convert or validate a cmkd benchmark directory.",
+    parser = cli.parser(
+        "python -m cmkd.data", "Build, convert or validate a cmkd benchmark directory."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser(
@@ -67,11 +71,11 @@ def _parser() -> argparse.ArgumentParser:
             "decisive dims (Xue et al. 2023)",
         )
         group = sub.add_argument_group("generator knobs (defaults: this regime's)")
-        for name, text in _SYNTH_HELP.items():
+        for name, (text, kind) in _SYNTH_KNOBS.items():
             default = getattr(defaults, name)
             group.add_argument(
                 f"--{name.replace('_', '-')}",
-                type=type(default),
+                type=kind,
                 metavar="N" if isinstance(default, int) else "X",
                 help=f"{text} [{default}]",
             )
@@ -88,18 +92,26 @@ def _parser() -> argparse.ArgumentParser:
         metavar="A,B",
         help=f"espeak-ng voice variants, >= 3 (test and val hold some out) [{','.join(VARIANTS)}]",
     )
-    sub.add_argument("--repeats", type=int, metavar="N", help="clips per voice and digit [4]")
     sub.add_argument(
-        "--images-per-class", type=int, metavar="N", help="at most N MNIST images per class [500]"
+        "--repeats", type=cli.positive_int, metavar="N", help="clips per voice and digit [4]"
     )
     sub.add_argument(
-        "--workers", type=int, metavar="N", help="parallel espeak-ng processes [CPU count]"
+        "--images-per-class",
+        type=cli.positive_int,
+        metavar="N",
+        help="at most N MNIST images per class [500]",
+    )
+    sub.add_argument(
+        "--workers",
+        type=cli.positive_int,
+        metavar="N",
+        help="parallel espeak-ng processes [CPU count]",
     )
     for sub in names.choices.values():
         sub.add_argument(
             "--out", type=Path, required=True, metavar="DIR", help="benchmark directory to write"
         )
-        sub.add_argument("--seed", type=int, default=0, metavar="N", help="random seed [0]")
+        sub.add_argument("--seed", type=cli.seed, default=0, metavar="N", help="random seed [0]")
         sub.add_argument("--force", action="store_true", help="rebuild over an existing build")
 
     convert = commands.add_parser(
@@ -120,9 +132,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("raw", type=Path, metavar="RAW", help="the folder of the raw release")
         sub.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
         seed_help = "recorded only: the splits are fixed" if name == "ave" else "speaker split seed"
-        sub.add_argument("--seed", type=int, default=0, metavar="N", help=f"{seed_help} [0]")
-        sub.add_argument("--n-mels", type=int, default=40, metavar="N", help="mel bands [40]")
-        sub.add_argument("--frames", type=int, default=300, metavar="N", help="10 ms frames [300]")
+        sub.add_argument("--seed", type=cli.seed, default=0, metavar="N", help=f"{seed_help} [0]")
+        sub.add_argument(
+            "--n-mels", type=cli.positive_int, default=40, metavar="N", help="mel bands [40]"
+        )
+        sub.add_argument(
+            "--frames", type=cli.positive_int, default=300, metavar="N", help="10 ms frames [300]"
+        )
         sub.add_argument("--force", action="store_true", help="replace an existing conversion")
     ravdess = sources.choices["ravdess"]
     ravdess.add_argument(
@@ -132,11 +148,18 @@ def _parser() -> argparse.ArgumentParser:
         "modality, the frame at each clip's middle",
     )
     ravdess.add_argument(
-        "--image-size", type=int, metavar="N", help="image side in pixels, with --video [32]"
+        "--image-size",
+        type=cli.positive_int,
+        metavar="N",
+        help="image side in pixels, with --video [32]",
     )
     ave = sources.choices["ave"]
     ave.add_argument(
-        "--image-size", type=int, default=32, metavar="N", help="image side in pixels [32]"
+        "--image-size",
+        type=cli.positive_int,
+        default=32,
+        metavar="N",
+        help="image side in pixels [32]",
     )
     ave.add_argument(
         "--segment",
@@ -153,9 +176,61 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status: 0 ok, 1 invalid data or options, 2 refused."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check every value, writing nothing: a bad one exits 2 (cmkd.cli)."""
     args = _parser().parse_args(argv)
+    if args.command == "build" and args.name == "avdigits":
+        _check_avdigits(args)
+    elif args.command == "build":
+        _check_synth(args)
+    elif args.command == "convert":
+        if not args.raw.is_dir():
+            cli.fail(f"RAW {str(args.raw)!r}: no such folder, expected the raw release's folder")
+        if args.name == "ravdess" and args.video is not None and not Path(args.video).is_dir():
+            cli.fail(f"--video {args.video!r}: no such folder, expected the video release's")
+        if args.name == "ravdess" and args.video is None and args.image_size is not None:
+            cli.fail(f"--image-size {args.image_size}: expected together with --video")
+    return args
+
+
+def _check_synth(args: argparse.Namespace) -> None:
+    """The knobs' joint constraints (SynthParams's), named by the flags given."""
+    from cmkd.data.synth import REGIMES
+
+    given = {k: getattr(args, k) for k in _SYNTH_KNOBS if getattr(args, k) is not None}
+    try:
+        replace(REGIMES[args.name], **given)
+    except ValueError as err:
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items())
+        cli.fail(f"{flags}: {err}")
+
+
+def _check_avdigits(args: argparse.Namespace) -> None:
+    from cmkd.data import espeak
+    from cmkd.data.avdigits import WORDS
+
+    unknown = [lang for lang in args.languages or () if lang not in WORDS]
+    if unknown:
+        cli.fail(f"--languages {','.join(args.languages)!r}: expected languages of {sorted(WORDS)}")
+    if args.variants is not None:
+        known = espeak.variants()
+        if (
+            len(set(args.variants)) != len(args.variants)
+            or len(args.variants) < 3
+            or any(v not in known for v in args.variants)
+        ):
+            cli.fail(
+                f"--variants {','.join(args.variants)!r}: expected 3 or more distinct espeak-ng "
+                f"variants of {known}"
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status: 0 ok, 1 invalid data, 2 a bad argument or refused."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # a bad argument, already said on stderr (or --help)
+        return e.code
     if args.command in ("build", "convert"):
         return _build(args)
     return _validate(args.dir, args.modalities)
@@ -224,7 +299,10 @@ def _validate(directory: Path, modalities: list[str] | None) -> int:
 
 
 def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected names separated by commas")
+    return items
 
 
 def _existing_build(out: Path) -> tuple[str, int | None, dict[str, Any]] | None:
