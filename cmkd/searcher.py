@@ -81,14 +81,18 @@ class TPESearch(Searcher):
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         self.space = space
         direction = "maximize" if space.mode == "max" else "minimize"
-        tpe = optuna.samplers.TPESampler(
-            seed=seed,
-            multivariate=True,
-            constant_liar=True,  # trials running in parallel are not proposed twice
-            group=True,
-            n_startup_trials=startup_trials(budget),
-            gamma=good_share,
-        )
+        with warnings.catch_warnings():
+            # Optuna marks `gamma` deprecated (4.9) with no replacement; pyproject pins optuna
+            # below 6, and tests/test_searcher.py fails if the split stops concentrating.
+            warnings.simplefilter("ignore", FutureWarning)
+            tpe = optuna.samplers.TPESampler(
+                seed=seed,
+                multivariate=True,
+                constant_liar=True,  # trials running in parallel are not proposed twice
+                group=True,
+                n_startup_trials=startup_trials(budget),
+                gamma=good_share,
+            )
         random = optuna.samplers.RandomSampler(seed=seed)
         self.study = optuna.create_study(
             direction=direction, sampler=tpe if sampler == "tpe" else random
