@@ -380,7 +380,6 @@ class StopSignal:
 def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_start: float) -> int:
     """Start (or resume) the sweep on the cluster, then retrain and write the results."""
     ray_env()
-    StopSignal.install()
     if not ray.is_initialized():
         # The local cluster started here: Train's preemption watcher, an actor per trial (about
         # 0.1 GB) that watches for nodes being drained, has no other node to watch. (Attached
@@ -389,6 +388,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         # whether a trial's controller is gone, never frees the CPUs of a trial ASHA stopped.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(logging_level="ERROR", log_to_driver=False)
+    StopSignal.install()  # after ray.init: Ray's core installs a SIGTERM handler that aborts
     cluster = ray.cluster_resources()
     resources = for_machine(
         cluster, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker

@@ -142,7 +142,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 RANGES = (  # flag, attribute, lowest allowed, what it is
-    ("--num-samples", "num_samples", 1, "searched trials"),
+    ("--num-samples", "num_samples", 0, "searched trials (0: the references only)"),
     ("--final-seeds", "final_seeds", 0, "seeds of the final retrain (0 skips it)"),
     ("--max-concurrent", "max_concurrent", 1, "trials at once"),
     ("--workers-per-trial", "workers_per_trial", 1, "Train workers per trial"),

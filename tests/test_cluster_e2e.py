@@ -142,7 +142,7 @@ def test_submit_stop_and_resubmit_a_sweep_through_the_job_server(head, bench, tm
     ]  # fmt: skip
     # a name that is no folder or job id is refused before anything is submitted
     code, out = submit(head, "submit", "--no-wait", "--", *tune_args)
-    assert code == 2 and "sweep name 'job sweep'" in out
+    assert code == 2 and "'job sweep': a sweep name is letters" in out
     tune_args[tune_args.index("job sweep")] = "jobs"
 
     code, out = submit(head, "submit", "--no-wait", "--driver-resource", "cmkd_driver", "--", *tune_args)  # fmt: skip

@@ -135,7 +135,11 @@ def test_local_cluster_runs_no_preemption_watcher(monkeypatch):
 @pytest.mark.parametrize(
     "flag, value, expected",
     [
-        ("--num-samples", "-1", "--num-samples -1: expected searched trials, a number >= 1"),
+        (
+            "--num-samples",
+            "-1",
+            "--num-samples -1: expected searched trials (0: the references only), a number >= 0",
+        ),
         ("--final-seeds", "-1", "--final-seeds -1: expected seeds of the final retrain"),
         ("--max-concurrent", "0", "--max-concurrent 0: expected trials at once"),
         ("--workers-per-trial", "0", "--workers-per-trial 0: expected Train workers"),
@@ -205,7 +209,7 @@ def test_every_numeric_flag_is_valid_or_one_error_line_naming_it(prebuilt, tmp_p
         st.sampled_from(ODD),
     )
 
-    @settings(max_examples=60, deadline=None)
+    @settings(max_examples=30, deadline=None)
     @given(flag=st.sampled_from(NUMERIC_FLAGS), value=values)
     def check(flag, value):
         storage = tmp_path_factory.mktemp("storage")

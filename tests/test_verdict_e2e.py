@@ -47,7 +47,7 @@ def sweep(tmp_path, space, regime: str, **overrides) -> tuple[dict, str, Experim
     cmd = [
         *(sys.executable, "-m", "cmkd.tune", "--space", str(space), "--benchmark", str(bench)),
         *("--storage", str(tmp_path / "runs"), "--name", regime, "--wandb", "disabled"),
-        *("--labels-per-class", "3", "--val-per-class", "50", "--num-samples", "3"),
+        *("--labels-per-class", "3", "--val-per-class", "50", "--num-samples", "2"),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "WANDB_"))}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
