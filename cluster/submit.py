@@ -116,6 +116,8 @@ def runtime_env(path: Path = RUNTIME_ENV) -> dict:
     if "working_dir" in env and "://" not in env["working_dir"]:
         env["working_dir"] = str((REPO / env["working_dir"]).resolve())
     env_vars = {k: str(v) for k, v in (env.get("env_vars") or {}).items()}
+    # The entrypoint always resumes; the first attempt has nothing to resume and starts it.
+    env_vars["CMKD_START_IF_MISSING"] = "1"
     if os.environ.get("WANDB_API_KEY"):
         env_vars["WANDB_API_KEY"] = os.environ["WANDB_API_KEY"]
     env["env_vars"] = env_vars

@@ -93,7 +93,7 @@ def existing_sweeps(root: str) -> list[str]:
     return sorted(names)
 
 
-def check_resume(root: str, name: str, identity: dict) -> None:
+def check_resume(root: str, name: str, identity: dict, missing_ok: bool = False) -> None:
     """ConfigError unless sweep ``name`` exists under ``root`` and was started with the same
     experiment arguments; the message names each difference, or lists the sweeps that exist."""
     stored = read_record(root, name)
@@ -102,8 +102,8 @@ def check_resume(root: str, name: str, identity: dict) -> None:
 
         fs, base = _fs(root)
         started = fs.get_file_info(f"{base}/{name}/tuner.pkl").type == pafs.FileType.File
-        if started:
-            return  # a sweep from before records were kept: nothing to compare with
+        if started or missing_ok:
+            return  # a sweep from before records were kept, or a job told to start it
         others = existing_sweeps(root)
         raise ConfigError(
             f"--resume: there is no sweep named {name!r} in {root}; "

@@ -341,7 +341,9 @@ def main(argv=None) -> int:
 
         identity = record(args, space, data_cfg)
         if args.resume:
-            check_resume(root, name, identity)
+            # cluster/submit.py's jobs always pass --resume: their first attempt starts the sweep
+            missing_ok = os.environ.get("CMKD_START_IF_MISSING") == "1"
+            check_resume(root, name, identity, missing_ok=missing_ok)
         from cmkd.train import load_run_data
 
         data = load_run_data(data_cfg)
