@@ -133,20 +133,11 @@ def distributions(sweep: dict) -> dict:
     from optuna.distributions import (
         CategoricalDistribution,
         FloatDistribution,
-        IntDistribution,
     )
 
     space = sweep["space"]
     if space is not None:
-        out = {}
-        for p in space.params:
-            if p.kind == "choice":
-                out[p.name] = CategoricalDistribution(list(p.choices))
-            elif p.kind == "int":
-                out[p.name] = IntDistribution(int(p.low), int(p.high), log=p.log)
-            else:
-                out[p.name] = FloatDistribution(p.low, p.high, log=p.kind == "loguniform")
-        return out
+        return space.distributions({p.name: None for p in space.params})
     searched = [t["config"] for t in sweep["trials"] if t["role"] == "search"]
     keys = sorted({k for c in searched for k in c})
     out = {}
