@@ -13,21 +13,35 @@ after :func:`validate_benchmark`.
 """
 
 from cmkd.data.schema import (
+    NO_LABEL,
+    POOL,
     SPLITS,
     DataError,
     Meta,
+    Pool,
     Split,
+    has_pool,
+    load_pool,
     load_split,
+    pool_path,
     read_meta,
     scan_labels,
     split_path,
     subsample_per_class,
     validate_benchmark,
     write_meta,
+    write_pool,
     write_split,
 )
 
 __all__ = [
+    "NO_LABEL",
+    "POOL",
+    "Pool",
+    "has_pool",
+    "load_pool",
+    "pool_path",
+    "write_pool",
     "SPLITS",
     "DataError",
     "Meta",

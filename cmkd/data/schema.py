@@ -4,11 +4,13 @@ A benchmark is a directory::
 
     DIR/meta.json                   name, num_classes, class_names, modalities (shape of x), seed
     DIR/{modality}_{split}.parquet  split in train, val, test
+    DIR/{modality}_unlabelled.parquet  optional: a pool of unlabelled samples of that modality
 
 Each parquet file has the columns
 
     id     string, unique within the file
-    label  integer in 0..num_classes-1 (read as int64)
+    label  integer in 0..num_classes-1 (read as int64); in the unlabelled pool the column may be
+           left out, and if present every value must be -1 (``NO_LABEL``)
     x      fixed_size_list<float32>[prod(shape)]; the field metadata key ``shape`` holds the shape
     group  optional string: speaker, voice or writer, for group-disjoint splits
 
@@ -31,6 +33,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+POOL = "unlabelled"
+"""The optional split of unlabelled samples: DIR/{modality}_unlabelled.parquet."""
+NO_LABEL = -1
+"""The label value a pool row may carry: no label."""
 META_FILE = "meta.json"
 ROW_GROUP_BYTES = 64 * 2**20
 _MODALITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -142,6 +148,30 @@ def write_split(
     return path
 
 
+def write_pool(
+    path: str | Path,
+    x: np.ndarray,
+    ids: Sequence[str],
+    groups: Sequence[str] | None = None,
+    *,
+    row_group_rows: int | None = None,
+) -> Path:
+    """Write an unlabelled pool: the columns of :func:`write_split` without ``label``.
+
+    x: (N, *shape) floating; ids: N unique strings; groups: N strings or None.
+    """
+    path = Path(write_split(path, x, np.full(len(x), NO_LABEL), ids, groups,
+                            row_group_rows=row_group_rows))
+    table = pq.read_table(path)
+    pq.write_table(
+        table.drop(["label"]),
+        path,
+        compression="zstd",
+        row_group_size=row_group_rows or max(1, ROW_GROUP_BYTES // (4 * math.prod(x.shape[1:]))),
+    )
+    return path
+
+
 def write_meta(
     directory: str | Path,
     name: str,
@@ -238,6 +268,98 @@ def load_split(directory: str | Path, modality: str, split: str, meta: Meta | No
     if "group" in columns:
         groups = np.asarray(table.column("group").to_pylist(), dtype=str)
     return Split(x=x, y=y, ids=ids, groups=groups, path=path)
+
+
+@dataclass(frozen=True, eq=False)
+class Pool:
+    """A modality's unlabelled pool, loaded and checked: x (N, *shape) float32, ids (N,) str."""
+
+    x: np.ndarray
+    ids: np.ndarray
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def pool_path(directory: str | Path, modality: str) -> Path:
+    return split_path(directory, modality, POOL)
+
+
+def has_pool(directory: str | Path, modality: str) -> bool:
+    return pool_path(directory, modality).is_file()
+
+
+def load_pool(
+    directory: str | Path,
+    modality: str,
+    meta: Meta | None = None,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    chunk_rows: int = 65_536,
+) -> Pool:
+    """Load DIR/{modality}_unlabelled.parquet, checked like a labelled split, reading
+    ``chunk_rows`` rows at a time and keeping at most ``limit`` rows (a uniform draw by ``seed``
+    when the pool is larger: memory is bounded by the rows kept).
+
+    Checks: the file exists and is parquet; columns id (string) and x (the modality's shape);
+    a ``label`` column, if present, holds only -1; no nulls; finite features; unique ids.
+    """
+    meta = meta or read_meta(directory)
+    if modality not in meta.shapes:
+        raise DataError(
+            Path(directory) / META_FILE,
+            f"no modality {modality!r}; found {list(meta.shapes)}",
+            key="modalities",
+        )
+    path, shape = pool_path(directory, modality), meta.shapes[modality]
+    if not path.is_file():
+        raise DataError(
+            path,
+            "missing file: an unlabelled pool was asked for (data.unlabelled / --unlabelled); "
+            "expected this parquet file with columns id and x, or set data.unlabelled: 0",
+        )
+    schema = _read_schema(path)
+    _check_schema(path, schema, shape, label=False)
+    columns = ["id", "x"] + (["label"] if "label" in schema.names else [])
+    rows = pq.ParquetFile(path).metadata.num_rows
+    if rows == 0:
+        raise DataError(path, "expected at least one row, found none", column="x")
+    keep = None
+    if limit is not None and limit < rows:
+        keep = np.zeros(rows, bool)
+        keep[np.random.default_rng([seed, 4049]).choice(rows, limit, replace=False)] = True
+    ids_all, xs, start = [], [], 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
+            table = pa.Table.from_batches([batch])
+            if "label" in columns:
+                labels = table.column("label").to_numpy(zero_copy_only=False)
+                if (labels != NO_LABEL).any():
+                    bad = np.unique(labels[labels != NO_LABEL])[:10].tolist()
+                    raise DataError(
+                        path,
+                        f"an unlabelled pool's label column must be absent or hold only "
+                        f"{NO_LABEL} (no label), found {bad}",
+                        column="label",
+                    )
+                table = table.drop(["label"])
+            n = table.num_rows
+            if keep is not None:
+                table = table.filter(pa.array(keep[start : start + n]))
+            start += n
+            if table.num_rows == 0:
+                continue
+            table = table.append_column("label", pa.array(np.zeros(table.num_rows, np.int64)))
+            ids, _, x = _checked_rows(path, table, shape, meta)
+            ids_all.append(ids)
+            xs.append(x)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(path, f"unreadable parquet data ({err})") from None
+    ids = np.concatenate(ids_all)
+    _check_unique_ids(path, ids)
+    return Pool(x=np.concatenate(xs), ids=ids, path=path)
 
 
 def scan_labels(
@@ -422,11 +544,14 @@ def _read_schema(path: Path) -> pa.Schema:
         raise DataError(path, f"unreadable parquet (truncated or not parquet): {err}") from None
 
 
-def _check_schema(path: Path, schema: pa.Schema, shape: tuple[int, ...]) -> None:
-    """Raise DataError unless the schema holds id, label, x (and maybe group) as documented."""
+def _check_schema(
+    path: Path, schema: pa.Schema, shape: tuple[int, ...], *, label: bool = True
+) -> None:
+    """Raise DataError unless the schema holds id, label, x (and maybe group) as documented;
+    ``label=False`` (an unlabelled pool): the label column is optional."""
     size = math.prod(shape)
     expected_x = f"fixed_size_list<float32>[{size}] (shape {list(shape)} in meta.json)"
-    for name in ("id", "label", "x"):
+    for name in ("id", "label", "x") if label else ("id", "x"):
         if name not in schema.names:
             raise DataError(path, f"missing; found columns {schema.names}", column=name)
     for name in ("id", "group"):
@@ -434,7 +559,7 @@ def _check_schema(path: Path, schema: pa.Schema, shape: tuple[int, ...]) -> None
             t = schema.field(name).type
             if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
                 raise DataError(path, f"expected string, found {t}", column=name)
-    t = schema.field("label").type
+    t = schema.field("label").type if "label" in schema.names else pa.int64()
     if not pa.types.is_integer(t):
         raise DataError(path, f"expected an integer type (int64), found {t}", column="label")
     x_field = schema.field("x")
