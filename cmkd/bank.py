@@ -153,3 +153,49 @@ class BankSampler:
     def independent(self, n: int) -> np.ndarray:
         """n bank rows drawn uniformly, ignoring labels. -> (n,)"""
         return self.rng.integers(0, self.n, size=n)
+
+
+TEACHER_CONTROLS = ("real", "permuted", "neutral")
+
+
+def control_bank(bank: TeacherBank, kind: str, num_classes: int, seed: int = 0) -> TeacherBank:
+    """The bank itself (``real``), or a control that keeps its size and class histogram:
+
+    permuted  a teacher whose class structure is scrambled: labels, logit columns and head rows
+              moved by one fixed permutation with no fixed point (as if trained on permuted
+              labels; the features still cluster, under the wrong names);
+    neutral   features replaced by random, evenly spaced class clusters (orthonormal centres in
+              D dimensions plus isotropic noise, unit norm) read by a nearest-centre head: class
+              structure and nothing of the teacher's modality.
+    """
+    if kind == "real":
+        return bank
+    rng = np.random.default_rng([seed, 90210])
+    c, d = num_classes, bank.feature_dim
+    if kind == "permuted":
+        perm = (np.arange(c) + 1 + rng.permutation(c - 1)[0]) % c  # a shift: no fixed point
+        weight, bias = bank.head.weight.detach().clone(), bank.head.bias.detach().clone()
+        head = linear_head(d, c)
+        with torch.no_grad():
+            head.weight[perm] = weight
+            head.bias[perm] = bias
+        logits = np.empty_like(bank.logits)
+        logits[:, perm] = bank.logits
+        y = perm[bank.y]
+        return TeacherBank(bank.z, logits, y, freeze(head), {**bank.info, "control": kind})
+    if kind == "neutral":
+        if d < c:
+            raise BankError(
+                f"a neutral teacher needs feature_dim >= num_classes, got {d} < {c}"
+            )
+        centres, _ = np.linalg.qr(rng.standard_normal((d, c)))  # (D, C) orthonormal columns
+        z = centres.T[bank.y] + rng.standard_normal((len(bank.y), d)) * (0.5 / np.sqrt(d))
+        z = (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+        scale = 10.0
+        head = linear_head(d, c)
+        with torch.no_grad():
+            head.weight.copy_(torch.tensor(scale * centres.T, dtype=torch.float32))
+            head.bias.zero_()
+        logits = (scale * z @ centres).astype(np.float32)
+        return TeacherBank(z, logits, bank.y, freeze(head), {**bank.info, "control": kind})
+    raise ValueError(f"teacher control {kind!r}: expected one of {list(TEACHER_CONTROLS)}")

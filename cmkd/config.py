@@ -21,7 +21,11 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the source, the key and what is expected."""
 
 
-Algorithm = Literal["ce", "kd_unpaired", "fa_only", "ucmkd_sum", "ucmkd_bilevel"]
+Algorithm = Literal[
+    "ce", "kd_unpaired", "fa_only", "ucmkd_sum", "ucmkd_bilevel", "ucmkd_pool", "ssl"
+]
+POOL_ALGORITHMS = ("ucmkd_pool", "ssl")
+"""The algorithms that train on the student modality's unlabelled pool."""
 
 
 class DistillConfig(BaseModel):
@@ -30,7 +34,10 @@ class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     algorithm: Algorithm = "ucmkd_sum"
-    """Training algorithm: ce (no distillation), kd_unpaired, fa_only, ucmkd_sum, ucmkd_bilevel."""
+    """Training algorithm: ce (no distillation), kd_unpaired, fa_only, ucmkd_sum, ucmkd_bilevel;
+    with an unlabelled pool, ucmkd_pool (the teacher's terms on the pool) and ssl (the same pool
+    and pseudo-labels with no teacher: the control that tells the teacher's part from the
+    pool's)."""
     fa: Literal["sinkhorn", "mmd", "reference_ot"] = "sinkhorn"
     """Feature-alignment term."""
     la: Literal["teacher_ce", "kl", "prior", "kappa_reference"] = "teacher_ce"
@@ -89,6 +96,41 @@ class DistillConfig(BaseModel):
     """Epochs (validation, report and checkpoint after each)."""
     steps_per_epoch: int | None = Field(None, ge=1, le=1_000_000)
     """Batches per epoch (None: one pass over the student's labelled set)."""
+    augment: Literal["none", "weak", "strong"] = "none"
+    """Augmentation of the labelled student batches, for every algorithm (ce included), so that
+    what augmentation alone gives is never credited to distillation (cmkd.augment)."""
+    aug_magnitude: float = Field(1.0, gt=0.0, le=4.0)
+    """Scale of every augmentation (shift, masks, noise); the pool's views use it too."""
+    pool_batch: int = Field(128, ge=2, le=65_536)
+    """Unlabelled pool rows per step (pool algorithms)."""
+    w_uot: float = Field(1.0, ge=0.0, le=1e3)
+    """ucmkd_pool: weight of the label-agnostic unbalanced OT between the pool's features and a
+    sample of the teacher bank (0 switches it off)."""
+    uot_epsilon: float = Field(0.05, gt=0.0, le=10.0)
+    """Entropic regularisation of that OT (cost ½‖x−y‖² on unit-norm features)."""
+    uot_tau: float = Field(1.0, gt=0.0, le=1e4)
+    """KL relaxation of its marginals (small: unbalanced, large: balanced)."""
+    uot_joint: float = Field(0.0, ge=0.0, le=100.0)
+    """Weight of the joint cost: the student head's prediction on a pool row against the bank
+    row's label (0: features only)."""
+    w_pl: float = Field(1.0, ge=0.0, le=1e3)
+    """Weight of the pseudo-label loss on the pool (strong view against the weak view's label)."""
+    pl_source: Literal["student", "teacher_head", "plan", "teacher_plan"] = "student"
+    """Where pool pseudo-labels come from: the student's own head (ssl always), the teacher
+    head on the student's features h_t(z_s), the OT plan's class mass, or the mean of those two."""
+    pl_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    """Confidence a pseudo-label needs."""
+    pl_rampup: float = Field(0.2, ge=0.0, le=1.0)
+    """Share of training over which the pool terms ramp up linearly from 0."""
+    w_prior: float = Field(1.0, ge=0.0, le=1e3)
+    """Weight of class-prior matching of the pool's mean prediction (stops self-training from
+    collapsing onto a few classes)."""
+    prior: Literal["uniform", "bank"] = "uniform"
+    """The class prior the pool is aligned to: uniform (class balance), or the teacher bank's
+    class histogram (what a teacher gives through its class proportions alone)."""
+    teacher: Literal["real", "permuted", "neutral"] = "real"
+    """Controls: the real teacher bank, one whose labels are permuted (its class structure
+    scrambled), or a neutral one (random, evenly spaced class clusters with the bank's labels)."""
     readout: Literal["student", "teacher", "best"] = "student"
     """Which head the run is scored by (``val_acc``, ``test_acc``): the student's own, the frozen
     teacher head on the student's features (h_t ∘ g_s, a valid predictor once the features are
@@ -159,6 +201,12 @@ class DistillConfig(BaseModel):
             "inner_lr": self.inner_lr,
             "n1": self.n1,
             "n2": self.n2,
+            "w_uot": self.w_uot,
+            "uot": {"epsilon": self.uot_epsilon, "tau": self.uot_tau, "joint": self.uot_joint},
+            "w_pl": self.w_pl,
+            "pl_source": self.pl_source,
+            "pl_threshold": self.pl_threshold,
+            "w_prior": self.w_prior,
         }
 
 
@@ -195,6 +243,10 @@ class DataConfig(BaseModel):
     loading: Literal["auto", "memory", "stream"] = "auto"
     """Labelled student rows held in memory, or streamed from parquet each epoch; auto decides
     by their size (``stream_above_mb``)."""
+    unlabelled: Annotated[int, Field(ge=0)] | Literal["all"] = "all"
+    """Rows of the student modality's unlabelled pool ({student}_unlabelled.parquet) a pool
+    algorithm may use: all of them, at most N (a uniform draw), or 0 (none). A number asks for
+    the file: it is an error if the benchmark has none."""
     stream_above_mb: float = Field(1024.0, gt=0)
     """With loading auto: stream when the labelled rows' features exceed this many MiB."""
 

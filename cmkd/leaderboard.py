@@ -21,15 +21,47 @@ REFERENCE_UCMKD = {
     "grad_clip": 5.0,
     "readout": "student",  # the paper code selects and reports the student head
 }
-ROLES = ("reference-ce", "reference-ucmkd", "search")
+POOL_REFERENCES = {
+    # the pool with no teacher, aligned to the uniform class prior (class balance) ...
+    "reference-ssl_only": {"algorithm": "ssl", "prior": "uniform"},
+    # ... and to the teacher bank's class histogram: the teacher's class proportions alone
+    "reference-ssl_prior": {"algorithm": "ssl", "prior": "bank"},
+}
+ROLES = ("reference-ce", "reference-ucmkd", *POOL_REFERENCES, "search")
 
 
-def references(space) -> list[dict]:
-    """The fixed trials every sweep runs besides the search."""
+def references(space, pool: bool = False) -> list[dict]:
+    """The fixed trials every sweep runs besides the search; with an unlabelled pool, also the
+    teacher-free controls ``ssl_only`` and ``ssl_prior``."""
     fixed = dict(space.fixed)
     ce = {**fixed, "algorithm": "ce", "role": "reference-ce"}
     ucmkd = {**fixed, **REFERENCE_UCMKD, "role": "reference-ucmkd"}
-    return [ce, ucmkd]
+    pool_refs = [{**fixed, **cfg, "role": role} for role, cfg in POOL_REFERENCES.items()]
+    return [ce, ucmkd, *(pool_refs if pool else [])]
+
+
+FAMILIES = {"reference-ce": {"algorithm": "ce"}, **POOL_REFERENCES}
+"""The tunable references: the search may try other members of their family (ce with another
+learning rate or augmentation, ssl with other pseudo-label settings); the best member on
+validation stands for the reference in the final retrain, tuned as the teacher's terms are."""
+
+
+def family_best(rows: list[dict], role: str, metric: str, mode: str) -> dict | None:
+    """The best row of a reference's family (full schedules first), or the reference's own row."""
+    want = FAMILIES.get(role)
+    key, sign = "best_" + metric, (-1 if mode == "max" else 1)
+
+    def member(r: dict) -> bool:
+        if r["error"] is not None or key not in r:
+            return False
+        if want is None:
+            return r["role"] == role
+        return all(r["config"].get(k, DistillConfig.model_fields[k].default) == v
+                   for k, v in want.items())
+
+    ok = sorted((r for r in rows if member(r)),
+                key=lambda r: (not r.get("full", True), sign * r[key]))
+    return ok[0] if ok else None
 
 
 def distill_part(config: dict) -> dict:

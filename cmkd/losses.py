@@ -374,3 +374,151 @@ def _check_same_dim(term: str, z_s: Tensor, z_t: Tensor) -> None:
 def _need_labels(term: str, y_s: Tensor | None, y_t: Tensor | None) -> None:
     if y_s is None or y_t is None:
         raise ValueError(f"{term}: label-aware or class-conditional alignment needs y_s and y_t")
+
+
+# ----------------------------------------------------------------------------- unlabelled pool
+# An unlabelled pool of student-modality rows is what lets a teacher of another modality matter
+# without pairs: its features are aligned to a teacher-bank sample by unbalanced OT (JUMBOT,
+# Fatras et al. 2021; the joint cost of DeepJDOT, Damodaran et al. 2018), and the plan's class
+# mass, the teacher head or the student's own head give pseudo-labels (FixMatch, Sohn et al.
+# 2020) held to a class prior.
+
+
+def unbalanced_sinkhorn_plan(
+    cost: Tensor, a: Tensor, b: Tensor, *, epsilon: float, tau: float, iters: int = 200
+) -> Tensor:
+    """Entropic unbalanced OT plan (Chizat et al. 2018), by generalised Sinkhorn in the log domain.
+
+    Minimises over P ≥ 0
+        <P, C> + ε·KL(P | a⊗b) + τ·KL(P1 | a) + τ·KL(Pᵀ1 | b),
+    KL(p | q) = Σ p log(p/q) − p + q (generalised KL, for unnormalised measures). This is POT's
+    ``ot.unbalanced.sinkhorn_unbalanced(a, b, C, reg=ε, reg_m=τ)`` with its default
+    ``reg_type="kl"`` (reference measure a⊗b, not the plain entropy of P), the same iterations
+    (u from v, then v from u, starting from u = v = 1) written for the potentials f = ε log u,
+    g = ε log v:
+        f_i = −(τ/(τ+ε))·ε·log Σ_j b_j exp((g_j − C_ij)/ε),   g likewise,
+        P_ij = a_i b_j exp((f_i + g_j − C_ij)/ε).
+    Small τ lets the plan drop mass that has no good match (a class missing on one side);
+    τ = inf gives balanced entropic OT (exact marginals). Stable for ε down to ~0.01 on O(1)
+    costs; small ε and large τ converge slowly (the contraction factor is τ/(τ+ε)).
+
+    cost: (N, M), a: (N,), b: (M,) nonnegative weights -> plan (N, M).
+    """
+    if cost.dim() != 2 or a.shape != cost.shape[:1] or b.shape != cost.shape[1:]:
+        raise ValueError(
+            f"unbalanced_sinkhorn_plan: expected cost (N, M), a (N,), b (M,); got "
+            f"{tuple(cost.shape)}, {tuple(a.shape)}, {tuple(b.shape)}"
+        )
+    if epsilon <= 0 or tau <= 0:
+        raise ValueError(
+            f"unbalanced_sinkhorn_plan: epsilon and tau must be > 0, got {epsilon}, {tau}"
+        )
+    fi = 1.0 if math.isinf(tau) else tau / (tau + epsilon)
+    log_a, log_b = a.log(), b.log()  # log 0 = −inf: a row of zero weight carries no mass
+    scaled = cost / epsilon
+    f = cost.new_zeros(cost.shape[0])  # ε·log u
+    g = cost.new_zeros(cost.shape[1])  # ε·log v
+    for _ in range(iters):
+        f = -fi * epsilon * torch.logsumexp(log_b[None, :] + g[None, :] / epsilon - scaled, dim=1)
+        g = -fi * epsilon * torch.logsumexp(log_a[:, None] + f[:, None] / epsilon - scaled, dim=0)
+    return torch.exp(log_a[:, None] + log_b[None, :] + (f[:, None] + g[None, :]) / epsilon - scaled)
+
+
+def unbalanced_ot(
+    z_u: Tensor,
+    z_b: Tensor,
+    *,
+    b: Tensor | None = None,
+    epsilon: float = 0.05,
+    tau: float = 1.0,
+    iters: int = 100,
+    logits_u: Tensor | None = None,
+    y_b: Tensor | None = None,
+    joint: float = 0.0,
+    normalize_mode: str = "l2",
+) -> tuple[Tensor, Tensor]:
+    """Label-agnostic unbalanced minibatch OT of unlabelled student features to a teacher-bank
+    sample (JUMBOT, Fatras et al. 2021), optionally with DeepJDOT's joint cost.
+
+    C_ij = ½‖x_i − y_j‖² (after ``normalize``) + joint·(−log softmax(logits_u)_i[y_b,j]): the
+    second part, when joint > 0, charges transporting pool row i to bank row j by how little the
+    student head believes in row j's label. Weights: a uniform, b (bank side, e.g. the class
+    prior of each row divided by its class count in the sample) or uniform, both normalised to
+    sum 1. The plan comes from :func:`unbalanced_sinkhorn_plan` on the detached cost (no gradient
+    through the iterations); the loss Σ P ⊙ C has gradient through C only (into z_u, z_b and,
+    with the joint cost, logits_u).
+
+    z_u: (N, D), z_b: (M, D), b: (M,), logits_u: (N, C), y_b: (M,) -> (loss scalar,
+    plan (N, M) detached).
+    """
+    check_finite("uot", z_u=z_u, z_b=z_b, logits_u=logits_u, b=b)
+    _check_same_dim("uot", z_u, z_b)
+    if joint > 0 and (logits_u is None or y_b is None):
+        raise ValueError("uot: the joint cost (joint > 0) needs logits_u and y_b")
+    x, y = normalize(z_u, normalize_mode), normalize(z_b, normalize_mode)
+    cost = _half_sq_cost(x, y)  # (N, M)
+    if joint > 0:
+        cost = cost - joint * F.log_softmax(logits_u, dim=-1)[:, y_b]
+    a = cost.new_full((len(x),), 1.0 / len(x))
+    if b is None:
+        b = cost.new_full((len(y),), 1.0 / len(y))
+    elif b.shape != (len(y),):
+        raise ValueError(f"uot: b has shape {tuple(b.shape)}, expected ({len(y)},)")
+    else:
+        b = b.detach().to(cost.dtype)
+        b = b / b.sum()
+    with torch.no_grad():
+        plan = unbalanced_sinkhorn_plan(cost.detach(), a, b, epsilon=epsilon, tau=tau, iters=iters)
+    return (plan * cost).sum(), plan
+
+
+def plan_class_probs(plan: Tensor, y_b: Tensor, num_classes: int) -> Tensor:
+    """Per pool row, the class distribution of the mass it sends to the bank (OT pseudo-labels).
+
+    plan: (N, M), y_b: (M,) labels of the bank rows -> (N, C), rows summing to 1 (uniform for a
+    row that sends no mass).
+    """
+    mass = plan @ F.one_hot(y_b, num_classes).to(plan.dtype)  # (N, C)
+    total = mass.sum(-1, keepdim=True)
+    uniform = torch.full_like(mass, 1.0 / num_classes)
+    return torch.where(total > 0, mass / total.clamp_min(torch.finfo(mass.dtype).tiny), uniform)
+
+
+def confident_labels(probs: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Hard labels and which rows are confident. probs: (N, C) -> (labels (N,) long,
+    mask (N,) bool: max prob ≥ threshold)."""
+    top, labels = probs.max(dim=-1)
+    return labels, top >= threshold
+
+
+def pseudo_label_ce(logits: Tensor, probs: Tensor, threshold: float) -> Tensor:
+    """FixMatch (Sohn et al. 2020): cross-entropy of the strong view's logits against the hard
+    pseudo-labels argmax(probs) of the weak view (detached), counted only where max(probs) ≥
+    threshold and averaged over all N rows, so the term shrinks when few rows are confident
+    (0, with a gradient, when none is).
+
+    logits: (N, C), probs: (N, C) -> scalar.
+    """
+    check_finite("pseudo_label_ce", logits=logits, probs=probs)
+    labels, mask = confident_labels(probs.detach(), threshold)
+    ce = F.cross_entropy(logits, labels, reduction="none")  # (N,)
+    return (ce * mask.to(ce.dtype)).sum() / len(ce)
+
+
+def prior_match(logits: Tensor, prior: Tensor) -> Tensor:
+    """Class-prior matching of the mean prediction, KL(prior ‖ mean_i softmax(logits_i)).
+
+    Pushes the pool's predicted class proportions toward the prior; a uniform prior is the
+    class-balance term that keeps self-training from collapsing onto a few classes. The log of
+    the mean prediction is taken by logsumexp (finite even where a class is nearly never
+    predicted). logits: (N, C), prior: (C,) summing to 1 -> scalar ≥ 0.
+    """
+    check_finite("prior_match", logits=logits, prior=prior)
+    if prior.shape != logits.shape[-1:]:
+        raise ValueError(
+            f"prior_match: prior has shape {tuple(prior.shape)}, expected ({logits.shape[-1]},)"
+        )
+    log_mean = torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(len(logits))
+    prior = prior.to(logits.dtype)
+    support = prior > 0
+    return (prior[support] * (prior[support].log() - log_mean[support])).sum()

@@ -36,6 +36,26 @@ class Batch:
     z_t: Tensor
     y_t: Tensor
     logits_t: Tensor
+    pool: PoolBatch | None = None
+
+
+@dataclass(frozen=True)
+class PoolBatch:
+    """Unlabelled student rows drawn for one step, and what the pool terms compare them with.
+
+    x_weak, x_strong: (U, *in_shape) two augmented views of the same pool rows. z_b: (M, D_t),
+    y_b: (M,) a sample of teacher-bank rows drawn independently of any label, b: (M,) their OT
+    weights (the class prior the pool is aligned to, spread over the sample's rows of each class).
+    prior: (C,) that prior. ramp: the pool terms' weight factor in [0, 1] (linear ramp-up).
+    """
+
+    x_weak: Tensor
+    x_strong: Tensor
+    z_b: Tensor
+    y_b: Tensor
+    b: Tensor
+    prior: Tensor
+    ramp: float = 1.0
 
 
 FeatureTerm = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (z_s, z_t, y_s, y_t) -> ()
@@ -252,12 +272,125 @@ def ucmkd_bilevel_step(
     return out
 
 
+def _pool_forward(student: Student, batch: Batch) -> tuple[Tensor, ...]:
+    """One forward pass over the labelled rows and both views of the pool rows (BatchNorm sees
+    them together). -> features and logits of each: z_s, logits_s, z_w, logits_w, logits_strong."""
+    pool = batch.pool
+    if pool is None:
+        raise ValueError(
+            "this algorithm trains on an unlabelled pool, but the run has none: give the "
+            "benchmark a {student}_unlabelled.parquet (data.unlabelled)"
+        )
+    sizes = [len(batch.x_s), len(pool.x_weak), len(pool.x_strong)]
+    z = student.features(torch.cat([batch.x_s, pool.x_weak, pool.x_strong]))
+    logits = student.head(z)
+    (z_s, z_w, _), (l_s, l_w, l_strong) = z.split(sizes), logits.split(sizes)
+    return z_s, l_s, z_w, l_w, l_strong
+
+
+def ssl_step(
+    student: Student,
+    h_t: nn.Module,
+    opt,
+    batch: Batch,
+    *,
+    w_pl: float = 1.0,
+    pl_threshold: float = 0.9,
+    w_prior: float = 1.0,
+    grad_clip: float | None = 5.0,
+):
+    """The pool without a teacher: CE on the labels, the student's own confident pseudo-labels
+    (weak view) taught to the strong view (FixMatch), and the pool's mean prediction aligned to a
+    class prior (uniform, or the bank's class histogram: ``pool.prior``). No teacher feature and
+    no teacher prediction is read."""
+    pool = batch.pool
+    _, logits_s, _, logits_w, logits_strong = _pool_forward(student, batch)
+    terms = {"ce": F.cross_entropy(logits_s, batch.y_s)}
+    probs = F.softmax(logits_w.detach(), dim=-1)
+    if w_pl > 0:
+        terms["pl"] = losses.pseudo_label_ce(logits_strong, probs, pl_threshold)
+    if w_prior > 0:
+        terms["prior"] = losses.prior_match(logits_w, pool.prior)
+    loss = _total(terms, {"pl": pool.ramp * w_pl, "prior": pool.ramp * w_prior})
+    _update(opt, loss, student, grad_clip)
+    return {**_report(loss, terms), "pl_kept": _kept(probs, pl_threshold)}
+
+
+def _kept(probs: Tensor, threshold: float) -> float:
+    """Share of pool rows confident enough to get a pseudo-label."""
+    return (probs.max(-1).values >= threshold).double().mean().item()
+
+
+def ucmkd_pool_step(
+    student: Student,
+    h_t: nn.Module,
+    opt,
+    batch: Batch,
+    *,
+    fa: FeatureTerm,
+    la: LabelTerm,
+    w_fa: float = 1.0,
+    w_la: float = 1.0,
+    w_uot: float = 1.0,
+    uot: dict | None = None,
+    w_pl: float = 1.0,
+    pl_source: str = "teacher_plan",
+    pl_threshold: float = 0.9,
+    w_prior: float = 1.0,
+    grad_clip: float | None = 5.0,
+):
+    """UCMKD with an unlabelled student pool: on the labelled rows CE + w_fa·FA (class-matched
+    bank rows) + w_la·LA; on the pool, label-agnostic unbalanced OT of its features to a bank
+    sample (w_uot), pseudo-labels from ``pl_source`` (the teacher head on the student's features,
+    the OT plan's class mass, their mean, or the student's own head) taught to the strong view
+    (w_pl), and class-prior matching of its mean prediction (w_prior). The pool terms ramp up."""
+    pool = batch.pool
+    z_s, logits_s, z_w, logits_w, logits_strong = _pool_forward(student, batch)
+    terms = {"ce": F.cross_entropy(logits_s, batch.y_s)}
+    if w_fa > 0:
+        terms["fa"] = fa(z_s, batch.z_t, batch.y_s, batch.y_t)
+    if w_la > 0:
+        terms["la"] = la(logits_s, teacher_head_logits(h_t, z_s), batch.y_s)
+    uot = {"epsilon": 0.05, "tau": 1.0, "joint": 0.0, **(uot or {})}
+    plan = None
+    if w_uot > 0 or pl_source in ("plan", "teacher_plan"):
+        with torch.set_grad_enabled(w_uot > 0):
+            uot_loss, plan = losses.unbalanced_ot(
+                z_w, pool.z_b, b=pool.b, logits_u=logits_w, y_b=pool.y_b, **uot
+            )
+        if w_uot > 0:
+            terms["uot"] = uot_loss
+    num_classes = logits_w.shape[-1]
+    sources = {
+        "student": lambda: F.softmax(logits_w.detach(), dim=-1),
+        "teacher_head": lambda: F.softmax(teacher_head_logits(h_t, z_w.detach()), dim=-1),
+        "plan": lambda: losses.plan_class_probs(plan, pool.y_b, num_classes),
+    }
+    if pl_source == "teacher_plan":
+        probs = 0.5 * (sources["teacher_head"]() + sources["plan"]())
+    elif pl_source in sources:
+        probs = sources[pl_source]()
+    else:
+        raise ValueError(f"pl_source {pl_source!r}: expected one of {[*sources, 'teacher_plan']}")
+    if w_pl > 0:
+        terms["pl"] = losses.pseudo_label_ce(logits_strong, probs, pl_threshold)
+    if w_prior > 0:
+        terms["prior"] = losses.prior_match(logits_w, pool.prior)
+    ramp = pool.ramp
+    weights = {"fa": w_fa, "la": w_la, "uot": ramp * w_uot, "pl": ramp * w_pl}
+    loss = _total(terms, {**weights, "prior": ramp * w_prior})
+    _update(opt, loss, student, grad_clip)
+    return {**_report(loss, terms), "pl_kept": _kept(probs, pl_threshold)}
+
+
 ALGORITHMS: dict[str, Callable[..., dict[str, float]]] = {
     "ce": ce_step,
     "kd_unpaired": kd_unpaired_step,
     "fa_only": fa_only_step,
     "ucmkd_sum": ucmkd_sum_step,
     "ucmkd_bilevel": ucmkd_bilevel_step,
+    "ucmkd_pool": ucmkd_pool_step,
+    "ssl": ssl_step,
 }
 
 
@@ -309,6 +442,16 @@ def evaluate(
     cat = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64) for k, v in parts.items()}
     out = {k: v.sum().item() / n for k, v in cat.items()}
     out["n"] = len(x)
+    # per class: rows and correct rows of each head, summed across ranks before balanced accuracy
+    num_classes = student.head.out_features
+    yc = y.to(torch.int64).cpu()
+    out["class_n"] = torch.bincount(yc, minlength=num_classes).double().tolist()
+    for k in ("acc", "acc_teacher_head"):
+        out[f"class_{k}"] = (
+            torch.bincount(yc, weights=cat[k].cpu(), minlength=num_classes).tolist()
+            if len(yc)
+            else [0.0] * num_classes
+        )
     if per_sample:
         out["samples"] = {k: v.cpu().numpy() for k, v in cat.items()}
     return out

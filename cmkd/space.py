@@ -143,6 +143,14 @@ class SearchSpace:
                 return int(max(p.choices) if p.kind == "choice" else p.high)
         return int(self.fixed.get("epochs", DistillConfig().epochs))
 
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The algorithms a trial of this space can run."""
+        for p in self.params:
+            if p.name == "algorithm":
+                return tuple(p.choices) if p.kind == "choice" else ()
+        return (self.fixed.get("algorithm", DistillConfig().algorithm),)
+
     def encode(self, config: dict[str, Any]) -> dict[str, Any] | None:
         """The searched parameters that express ``config`` as a point of this space, or None
         when no point of the space trains the same run (a value outside a range, a fixed value

@@ -13,12 +13,25 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from cmkd.config import DataConfig, DistillConfig, Experiment
-from cmkd.leaderboard import failure_reason, print_leaderboard, references, summarise
+from cmkd.config import POOL_ALGORITHMS, DataConfig, DistillConfig, Experiment
+from cmkd.leaderboard import (
+    family_best,
+    failure_reason,
+    print_leaderboard,
+    references,
+    summarise,
+)
 from cmkd.placement import IdleGroupReaper
 from cmkd.searcher import canonical, make_searcher
 from cmkd.trial import Resources, for_machine, pack, retrain_distributed, trial_driver
-from cmkd.verdict import decide, sentence
+from cmkd.verdict import (
+    CONTROLS,
+    TEACHER_FREE,
+    attribute,
+    attribution_sentence,
+    decide,
+    sentence,
+)
 
 
 def trial_name(trial) -> str:
@@ -140,7 +153,9 @@ def wandb_callbacks(mode: str, project: str, group: str) -> list:
     return [WandbRuns(project=project, group=group, mode=mode, excludes=("checkpoint_path",))]
 
 
-FINAL_KEYS = ("val", "val_acc", "test_acc", "test_acc_teacher_head", "epoch")
+FINAL_KEYS = (
+    "val", "val_acc", "val_bacc", "test_acc", "test_bacc", "test_acc_teacher_head", "epoch"
+)
 
 
 def final_retrain(
@@ -214,7 +229,7 @@ def final_retrain(
         if not entry["runs"]:
             del out[name]  # every seed failed: kept in `failed`, no mean to report
             continue
-        for key in ("val", "test_acc", "test_acc_teacher_head", "val_acc"):
+        for key in ("val", "test_acc", "test_acc_teacher_head", "val_acc", "test_bacc"):
             vals = [r[key] for r in entry["runs"] if key in r]
             if vals:
                 entry[key + "_mean"] = statistics.fmean(vals)
@@ -402,9 +417,12 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             flush=True,
         )
     max_epochs = space.max_epochs
-    budget = args.num_samples + 2
+    pool = data.x_pool is not None and any(a in POOL_ALGORITHMS for a in space.algorithms)
+    refs = references(space, pool)
+    budget = args.num_samples + len(refs)
     print(
-        f"sweep {name!r}: {args.num_samples} searched + 2 reference trials, up to {concurrency} at "
+        f"sweep {name!r}: {args.num_samples} searched + {len(refs)} reference trials"
+        f"{' (the pool: ssl_only and ssl_prior among them)' if pool else ''}, up to {concurrency} at "
         f"once, {resources.workers} worker(s) x {resources.cpus_per_worker:g} CPU"
         f"{f' + {resources.gpus_per_worker:g} GPU' if resources.gpus_per_worker else ''} per trial; "
         f"storage {root}/{name}",
@@ -423,7 +441,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=make_searcher(
-                    space, args.seed, args.num_samples, references(space), args.searcher
+                    space, args.seed, args.num_samples, refs, args.searcher
                 ),
                 scheduler=make_scheduler(space, max_epochs, prune=args.early_stop == "asha"),
                 time_budget_s=args.time_budget,
@@ -481,10 +499,12 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         return 1
     # The finalists (references are candidates like any other) and both references, retrained
     # on seeds none of them was searched with; the verdict is decided on paired seeds.
+    # A tunable reference (ce, ssl_only, ssl_prior) is stood for by the best of its family.
     configs = {row_name(r): r["config"] for r in top}
-    for r in rows:
-        if r["role"] != "search" and r["error"] is None:
-            configs.setdefault(r["role"], r["config"])
+    for role in dict.fromkeys(r["role"] for r in rows if r["role"] != "search"):
+        best = family_best(rows, role, space.metric, space.mode)
+        if best is not None:
+            configs.setdefault(role, best["config"])
     final, final_failed, seeds = {}, {}, fresh_seeds(rows, args.final_seeds)
     if args.final_seeds > 0:
         print(
@@ -504,6 +524,28 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             storage=f"{path}/final-runs",
         )
     verdict = decide(final, space.mode) if final else None
+    teacher = teacher_candidate(final, configs, verdict, space.mode) if pool else None
+    if teacher is not None and args.final_seeds > 0:
+        # Controls of the teacher's part: the same config with its class structure scrambled,
+        # and with a neutral teacher (evenly spaced class clusters), on the same seeds.
+        controls = {
+            f"control-{c}": {**configs[teacher], "teacher": c} for c in CONTROLS
+        }
+        print(f"\ncontrols: {teacher} with a permuted-label and a neutral teacher", flush=True)
+        more, more_failed = final_retrain(
+            controls,
+            data_cfg,
+            seeds,
+            payload_ref,
+            train_ref,
+            cpus=min(1.0, cluster.get("CPU", 1)),
+            metric=space.metric,
+            resources=resources,
+            storage=f"{path}/final-runs",
+        )
+        final.update(more)
+        final_failed.update(more_failed)
+    attribution = attribute(final, teacher, space.mode) if pool and final else None
     for entry in final.values():  # per-row values served the verdict; results.json stays small
         for run in entry["runs"]:
             run.pop("val_rows", None)
@@ -546,6 +588,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         "final": final,
         "final_failed": final_failed,
         "verdict": {**verdict, "config": chosen_config},
+        "attribution": attribution,
         "searcher": args.searcher,
         "early_stop": args.early_stop,
         "time_budget_s": args.time_budget,
@@ -586,7 +629,24 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             )
         )
     print(f"\n{verdict['sentence']}", flush=True)
+    if attribution:
+        print(attribution_sentence(attribution, space.metric), flush=True)
     return 0
+
+
+def teacher_candidate(final: dict, configs: dict, verdict: dict | None, mode: str) -> str | None:
+    """The final candidate whose teacher part is measured: the recommendation when it reads the
+    teacher, else the best finalist (on validation) that does; None if no finalist reads it."""
+    def reads_teacher(name: str) -> bool:
+        algo = configs.get(name, {}).get("algorithm", DistillConfig().algorithm)
+        return name in final and algo not in TEACHER_FREE
+
+    chosen = (verdict or {}).get("recommendation")
+    if chosen and reads_teacher(chosen):
+        return chosen
+    sign = 1.0 if mode == "max" else -1.0
+    readers = [n for n in final if reads_teacher(n) and n != "reference-ucmkd"]
+    return max(readers, key=lambda n: sign * final[n]["val_mean"], default=None)
 
 
 def distill_only(config: dict) -> dict:
@@ -622,6 +682,12 @@ def write_study(out_dir: Path) -> Path | None:
         return None
 
 
+def _pct(entry: dict, key: str) -> str:
+    if key + "_mean" not in entry:
+        return ""
+    return f"{100 * entry[key + '_mean']:.2f} ± {100 * entry[key + '_std']:.2f}"
+
+
 def print_final(final: dict, verdict: dict | None = None) -> None:
     """The final retrain as a table: validation decides (paired with no distillation), test is
     reported."""
@@ -631,7 +697,7 @@ def print_final(final: dict, verdict: dict | None = None) -> None:
     chosen = (verdict or {}).get("recommendation")
     print(
         "\n| config | val (mean ± std) | vs no distillation (val, paired) | test acc | "
-        "via teacher head | seeds |\n|---|---:|---:|---:|---:|---:|"
+        "test balanced acc | via teacher head | seeds |\n|---|---:|---:|---:|---:|---:|---:|"
     )
     for name, e in final.items():
         c = cands.get(name)
@@ -645,6 +711,7 @@ def print_final(final: dict, verdict: dict | None = None) -> None:
         print(
             f"| {name}{mark} | {100 * e['val_mean']:.2f} ± {100 * e['val_std']:.2f} | {diff} | "
             f"{100 * e['test_acc_mean']:.2f} ± {100 * e['test_acc_std']:.2f} | "
+            f"{_pct(e, 'test_bacc')} | "
             f"{100 * e['test_acc_teacher_head_mean']:.2f} ± {100 * e['test_acc_teacher_head_std']:.2f} "
             f"| {len(e['runs'])} |"
         )

@@ -19,6 +19,7 @@ FLAGS = {
     "teacher": "--teacher",
     "labels_per_class": "--labels-per-class",
     "val_per_class": "--val-per-class",
+    "unlabelled": "--unlabelled",
     "seed": "--seed",
     "num_samples": "--num-samples",
     "workers_per_trial": "--workers-per-trial",
@@ -26,6 +27,10 @@ FLAGS = {
     "early_stop": "--early-stop",
     "space": "--space (its contents, with --epochs)",
 }
+
+
+LATER_DEFAULTS = {"unlabelled": "all"}
+"""Keys a record written by an earlier version lacks, and the value they had then."""
 
 
 def record(args, space, data_cfg) -> dict[str, Any]:
@@ -36,6 +41,7 @@ def record(args, space, data_cfg) -> dict[str, Any]:
         "teacher": data_cfg.teacher,
         "labels_per_class": data_cfg.labels_per_class,
         "val_per_class": data_cfg.val_per_class,
+        "unlabelled": data_cfg.unlabelled,
         "seed": args.seed,
         "num_samples": args.num_samples,
         "workers_per_trial": args.workers_per_trial,
@@ -117,7 +123,7 @@ def check_resume(root: str, name: str, identity: dict, missing_ok: bool = False)
     now = json.loads(json.dumps(identity, default=str))
     diffs = []
     for k, v in now.items():
-        if v == stored.get(k):
+        if v == stored.get(k, LATER_DEFAULTS.get(k)):
             continue
         if k == "space" and isinstance(stored.get(k), dict):
             diffs += [f"the space's {d}" for d in _flat_diff(stored[k], v)]

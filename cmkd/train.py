@@ -23,17 +23,20 @@ import torch.distributed as dist
 import yaml
 
 from cmkd import cli
-from cmkd.bank import BankSampler, TeacherBank
-from cmkd.config import ConfigError, DataConfig, DistillConfig, Experiment
+from cmkd.augment import augment, augment_kind
+from cmkd.bank import BankSampler, TeacherBank, control_bank
+from cmkd.config import POOL_ALGORITHMS, ConfigError, DataConfig, DistillConfig, Experiment
 from cmkd.data import (
     Meta,
+    has_pool,
+    load_pool,
     load_split,
     scan_labels,
     split_path,
     subsample_per_class,
     validate_benchmark,
 )
-from cmkd.methods import Batch, evaluate, make_step
+from cmkd.methods import Batch, PoolBatch, evaluate, make_step
 from cmkd.models import Student, build_student
 from cmkd.stream import TrainStream, local_batches, should_stream
 from cmkd.teacher import benchmark_fingerprint, default_encoder, train_teacher
@@ -41,16 +44,19 @@ from cmkd.teacher import benchmark_fingerprint, default_encoder, train_teacher
 
 def _builders() -> dict[str, Callable[[Path], object]]:
     from cmkd.data.avdigits import build_avdigits
+    from cmkd.data.sonified import build_sonified
     from cmkd.data.synth import build_synth
 
     return {
         "synth": lambda out: build_synth(out, "synth", progress=True),
         "synth-nohelp": lambda out: build_synth(out, "synth-nohelp", progress=True),
         "avdigits": lambda out: build_avdigits(out, progress=True),
+        "sonified": lambda out: build_sonified(out, "sonified", progress=True),
+        "sonified-lt": lambda out: build_sonified(out, "sonified-lt", long_tail=True, progress=True),
     }
 
 
-BUILTIN = ("synth", "synth-nohelp", "avdigits")
+BUILTIN = ("synth", "synth-nohelp", "avdigits", "sonified", "sonified-lt")
 
 
 def resolve_benchmark(name: str, root: str | Path, log=print) -> Path:
@@ -98,6 +104,8 @@ class RunData:
     y_test: torch.Tensor
     bank: TeacherBank
     train_stream: TrainStream | None = None
+    x_pool: torch.Tensor | None = None
+    """(U, *in_shape) the student modality's unlabelled pool, or None."""
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -195,6 +203,11 @@ def load_run_data(cfg: DataConfig, seed: int | None = None, log=print) -> RunDat
     else:  # streamed: read only the validation rows, in bounded chunks
         x_val, y_val = read_rows(split_path(bench, student, "train"), shape, ids[val_idx])
     test = load_split(bench, student, "test", meta)
+    pool = None
+    if cfg.unlabelled != 0 and (cfg.unlabelled != "all" or has_pool(bench, student)):
+        limit = None if cfg.unlabelled == "all" else cfg.unlabelled
+        pool = torch.tensor(load_pool(bench, student, meta, limit=limit, seed=seed).x)
+        log(f"unlabelled pool: {len(pool)} {student} rows")
     t = torch.tensor  # a copy: arrays read from parquet are not writable
     return RunData(
         meta,
@@ -208,7 +221,24 @@ def load_run_data(cfg: DataConfig, seed: int | None = None, log=print) -> RunDat
         t(test.y),
         bank,
         stream,
+        pool,
     )
+
+
+def check_pool(cfg: DistillConfig, data: RunData, source: str = "distill.algorithm") -> None:
+    """A pool algorithm needs a pool: say so before training, naming what to change."""
+    if cfg.algorithm in POOL_ALGORITHMS and data.x_pool is None:
+        raise ConfigError(
+            f"{source} {cfg.algorithm!r} trains on an unlabelled pool, but benchmark "
+            f"{data.meta.name!r} has no {data.student}_unlabelled.parquet (or data.unlabelled "
+            f"is 0); add a pool or pick another algorithm"
+        )
+
+
+def balanced(class_correct: list[float], class_n: list[float]) -> float:
+    """Balanced accuracy: the mean over classes present of each class's accuracy."""
+    rates = [c / n for c, n in zip(class_correct, class_n, strict=True) if n > 0]
+    return sum(rates) / max(len(rates), 1)
 
 
 def read_rows(path, shape, ids: np.ndarray, chunk_rows: int = 65_536):
@@ -324,7 +354,9 @@ class Run:
         self.device = torch.device(device)
         self.rng = np.random.default_rng([cfg.seed, rank])
         self.student = make_student(data, data_cfg or DataConfig()).to(self.device)
-        self.h_t = data.bank.head.to(self.device)  # frozen; the only teacher part a run runs
+        check_pool(cfg, data)
+        bank = control_bank(data.bank, cfg.teacher, data.meta.num_classes)
+        self.h_t = bank.head.to(self.device)  # frozen; the only teacher part a run runs
         opt = make_optimizer(cfg, self.student)
         if world > 1:
             for t in [*self.student.parameters(), *self.student.buffers()]:
@@ -332,11 +364,20 @@ class Run:
             opt = SyncedOptimizer(opt, world)
         self.opt = opt
         self.step = make_step(cfg.algorithm, **cfg.step_kwargs())
-        bank = data.bank
-        self.sampler = BankSampler(bank.y, data.meta.num_classes, cfg.seed * 1000 + rank)
+        num_classes = data.meta.num_classes
+        self.sampler = BankSampler(bank.y, num_classes, cfg.seed * 1000 + rank)
         self.bank_t = tuple(
             torch.tensor(a, device=self.device) for a in (bank.z, bank.logits, bank.y)
         )
+        self.aug_kind = augment_kind(data.student, data.in_shape)
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 17)
+        histogram = np.bincount(bank.y, minlength=num_classes).astype(np.float64)
+        prior = np.full(num_classes, 1.0 / num_classes) if cfg.prior == "uniform" else histogram
+        self.prior = torch.tensor(prior / prior.sum(), dtype=torch.float32, device=self.device)
+        self.uses_pool = cfg.algorithm in POOL_ALGORITHMS
+        n_train = data.train_stream.rows // world if data.train_stream else len(data.y_train)
+        per_epoch = cfg.steps_per_epoch or max(n_train // min(cfg.batch_size, max(n_train, 1)), 1)
+        self.total_steps, self.steps_done = cfg.epochs * per_epoch, 0
         self.epoch, self.best, self.history = 0, None, []
         self._val_rows = self._epoch_val_rows = self.best_val_rows = None
         """Per validation row, at the best epoch, the quantity the metric averages (correct 0/1,
@@ -366,13 +407,36 @@ class Run:
             rows = torch.from_numpy(self.sampler.class_matched(y_s.numpy())).to(self.device)
             # index_select: advanced indexing of the bank took ~1000x longer at batch 256 under load
             z_t, y_t, logits_t = (t.index_select(0, rows) for t in (z_bank, y_bank, logits_bank))
-            x_s, y_s = x_s.to(self.device), y_s.to(self.device)
-            batch = Batch(x_s, y_s, z_t, y_t, logits_t)
+            x_s, y_s = self._augment(x_s, self.cfg.augment).to(self.device), y_s.to(self.device)
+            batch = Batch(x_s, y_s, z_t, y_t, logits_t, self._pool_batch() if self.uses_pool else None)
+            self.steps_done += 1
             for k, v in self.step(self.student, self.h_t, self.opt, batch).items():
                 sums[k] = sums.get(k, 0.0) + v
             steps, rows_seen = steps + 1, rows_seen + len(y_s)
         out = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
         return {**out, "train_rows": rows_seen}
+
+    def _augment(self, x: torch.Tensor, strength: str) -> torch.Tensor:
+        return augment(
+            x, self.aug_kind, strength, generator=self.gen, magnitude=self.cfg.aug_magnitude
+        )
+
+    def _pool_batch(self) -> PoolBatch:
+        """Pool rows for one step (two views), a label-independent bank sample and its OT
+        weights: the prior spread evenly over the sample's rows of each class."""
+        cfg, pool = self.cfg, self.data.x_pool
+        x_u = pool[torch.from_numpy(self.rng.integers(0, len(pool), size=cfg.pool_batch))]
+        weak, strong = self._augment(x_u, "weak"), self._augment(x_u, "strong")
+        rows = torch.from_numpy(self.sampler.independent(cfg.pool_batch)).to(self.device)
+        z_bank, _, y_bank = self.bank_t
+        z_b, y_b = z_bank.index_select(0, rows), y_bank.index_select(0, rows)
+        counts = torch.bincount(y_b, minlength=len(self.prior)).to(self.prior.dtype)
+        b = self.prior[y_b] / counts[y_b]
+        ramp_steps = cfg.pl_rampup * self.total_steps
+        ramp = 1.0 if ramp_steps < 1 else min(1.0, self.steps_done / ramp_steps)
+        return PoolBatch(
+            weak.to(self.device), strong.to(self.device), z_b, y_b, b / b.sum(), self.prior, ramp
+        )
 
     def _score(self, split: str) -> dict[str, float]:
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
@@ -381,13 +445,20 @@ class Run:
         keep = split == "val" and self.world == 1
         ev = evaluate(self.student, self.h_t, x, y, per_sample=keep)
         self._val_rows = ev.get("samples") if keep else None
-        n = ev["n"]
-        acc, acc_t, ce, n = _all_sum(
-            [ev["acc"] * n, ev["acc_teacher_head"] * n, ev["ce"] * n, n], self.world, self.device
+        n, c = ev["n"], len(ev["class_n"])
+        summed = _all_sum(
+            [ev["acc"] * n, ev["acc_teacher_head"] * n, ev["ce"] * n, n, *ev["class_n"],
+             *ev["class_acc"], *ev["class_acc_teacher_head"]],
+            self.world,
+            self.device,
         )
+        acc, acc_t, ce, n = summed[:4]
+        class_n, class_acc, class_acc_t = summed[4 : 4 + c], summed[4 + c : 4 + 2 * c], summed[4 + 2 * c :]
         return {
             f"{split}_acc_student_head": acc / n,
             f"{split}_acc_teacher_head": acc_t / n,
+            f"{split}_bacc_student_head": balanced(class_acc, class_n),
+            f"{split}_bacc_teacher_head": balanced(class_acc_t, class_n),
             f"{split}_ce": ce / n,
         }
 
@@ -412,6 +483,7 @@ class Run:
             better = out["val_acc_teacher_head"] > out["val_acc_student_head"]
             head = "teacher_head" if better else "student_head"
         out["val_acc"] = out[f"val_acc_{head}"]
+        out["val_bacc"] = out[f"val_bacc_{head}"]
         per_row = {
             "val_acc": "acc" if head == "student_head" else "acc_teacher_head",
             "val_acc_teacher_head": "acc_teacher_head",
@@ -422,6 +494,7 @@ class Run:
         if self.improves(out):
             out.update(self._score("test"))
             out["test_acc"] = out[f"test_acc_{head}"]
+            out["test_bacc"] = out[f"test_bacc_{head}"]
         return out
 
     def run_epoch(self) -> dict[str, float]:
@@ -448,6 +521,8 @@ class Run:
             "rng": self.rng.bit_generator.state,
             "sampler_rng": self.sampler.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            "aug_rng": self.gen.get_state(),
+            "steps_done": self.steps_done,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -457,6 +532,9 @@ class Run:
         self.rng.bit_generator.state = state["rng"]
         self.sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
+        if "aug_rng" in state:
+            self.gen.set_state(state["aug_rng"])
+            self.steps_done = state["steps_done"]
 
 
 def fit(

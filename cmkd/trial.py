@@ -118,6 +118,7 @@ def pack(data: RunData) -> dict:
         "bank_head": data.bank.head.state_dict(),
         "bank_info": data.bank.info,
         "train_stream": data.train_stream,
+        "x_pool": None if data.x_pool is None else data.x_pool.numpy(),
     }
 
 
@@ -147,6 +148,7 @@ def unpack(payload: dict, x_train: np.ndarray, y_train: np.ndarray) -> RunData:
         t(payload["y_test"]),
         bank,
         payload["train_stream"],
+        None if payload.get("x_pool") is None else t(payload["x_pool"]),
     )
 
 

@@ -47,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--benchmark",
         default="avdigits",
-        help="synth, synth-nohelp, avdigits, or the folder of a built benchmark",
+        help="synth, synth-nohelp, avdigits, sonified, sonified-lt, or the folder of a built "
+        "benchmark",
     )
     p.add_argument("--student", help="student modality (default: the benchmark's second)")
     p.add_argument("--teacher", help="teacher modality (default: the benchmark's first)")
@@ -60,6 +61,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="validation rows per class, drawn from the labelled train rows disjoint from the "
         f"training labels, or 'split' for the benchmark's own validation table (default "
         f"{VAL_PER_CLASS})",
+    )
+    p.add_argument(
+        "--unlabelled",
+        default="all",
+        help="rows of the student modality's unlabelled pool ({student}_unlabelled.parquet) the "
+        "pool algorithms (ucmkd_pool, ssl) may use: a number, 'all' (default; none when the "
+        "benchmark has no pool) or 0",
     )
     p.add_argument(
         "--num-samples",
@@ -316,6 +324,12 @@ def main(argv=None) -> int:
                 "rows per class, or 'split'"
             )
         vpc = args.val_per_class if args.val_per_class == "split" else int(args.val_per_class)
+        if args.unlabelled != "all" and not args.unlabelled.isdigit():
+            raise ConfigError(
+                f"--unlabelled {args.unlabelled!r}: expected a whole number of pool rows, "
+                "'all' or 0"
+            )
+        unlabelled = args.unlabelled if args.unlabelled == "all" else int(args.unlabelled)
         from cmkd.trial import for_machine
 
         for_machine({}, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker)
@@ -325,6 +339,7 @@ def main(argv=None) -> int:
             teacher=args.teacher,
             labels_per_class=lpc,
             val_per_class=vpc,
+            unlabelled=unlabelled,
             seed=args.seed,
             data_root=args.data_root,
             loading=args.data_loading,

@@ -132,8 +132,13 @@ def sentence(verdict: dict, final: dict[str, dict], metric: str, describe=lambda
     if verdict["status"] == "helped":
         name = verdict["recommendation"]
         c = cands[name]
+        what = (
+            "The unlabelled pool helped, with no teacher"
+            if name.startswith("reference-ssl") or "algorithm=ssl" in describe(name)
+            else "Distillation helped"
+        )
         return (
-            f"Distillation helped: {describe(name)} beats no distillation by {pts(c['val'])} "
+            f"{what}: {describe(name)} beats no distillation by {pts(c['val'])} "
             f"{metric} points (mean ± standard error over {c['val']['n']} paired seeds"
             f"{_rows_note(c['val'])}), {pts(c['test'])} test accuracy points; best.yaml holds it."
         )
@@ -161,3 +166,67 @@ def _rows_note(d: dict) -> str:
     if d.get("rows"):
         return f" and {d['rows']} validation rows"
     return "; validation-row noise not included: no per-row values"
+
+
+TEACHER_FREE = ("ce", "ssl")
+"""Algorithms that read nothing of the teacher but, for ``ssl`` with ``prior: bank``, the bank's
+class histogram."""
+CONTROLS = ("permuted", "neutral")
+PARTS = (
+    # name, minuend, subtrahend, what the difference measures
+    ("pool", "reference-ssl_only", BASELINE, "the unlabelled pool without the teacher"),
+    ("prior", "reference-ssl_prior", "reference-ssl_only", "the teacher's class proportions"),
+    ("features", "teacher", "reference-ssl_prior", "the teacher's features beyond its proportions"),
+    ("teacher", "teacher", "reference-ssl_only", "the teacher's own part (proportions + features)"),
+    *(
+        (f"control-{c}", f"control-{c}", "reference-ssl_prior", f"a {c} teacher's features")
+        for c in CONTROLS
+    ),
+)
+"""The paired differences that attribute a gain: ``teacher`` stands for the candidate that reads
+the teacher (the recommendation when it does)."""
+METRICS = {"val": "val_rows", "test_acc": None, "test_bacc": None}
+
+
+def attribute(final: dict[str, dict], teacher: str | None, mode: str = "max") -> dict[str, Any]:
+    """Who gave the gain, as paired differences over the final seeds: for each part of
+    :data:`PARTS` whose two runs exist, {metric: paired diff} for validation (with its per-row
+    noise), test accuracy and test balanced accuracy, and ``says``: helped / harmed / within
+    noise, decided on validation by the test of :func:`passes` (either sign)."""
+    sign = 1.0 if mode == "max" else -1.0
+    names = {"teacher": teacher} if teacher else {}
+    out: dict[str, Any] = {"teacher": teacher, "parts": {}}
+    for part, a, b, what in PARTS:
+        ea, eb = final.get(names.get(a, a)), final.get(names.get(b, b))
+        if not ea or not eb or not ea.get("runs") or not eb.get("runs"):
+            continue
+        diffs = {
+            m: paired(ea["runs"], eb["runs"], m, sign if m == "val" else 1.0, rows_key=rk)
+            for m, rk in METRICS.items()
+        }
+        v = diffs["val"]
+        flipped = {**v, "mean": -v["mean"]}
+        says = "helped" if passes(v) else "harmed" if passes(flipped) else "within noise"
+        out["parts"][part] = {"what": what, "says": says, **diffs}
+    return out
+
+
+def attribution_sentence(att: dict[str, Any], metric: str) -> str:
+    """The attribution in words, one clause per part."""
+    parts = att.get("parts", {})
+    if not parts:
+        return ""
+
+    def clause(name: str) -> str:
+        p = parts[name]
+        d, t, b = p["val"], p["test_acc"], p["test_bacc"]
+        spread = f" ± {100 * d['se']:.1f}" if math.isfinite(d["se"]) else ""
+        return (
+            f"{p['what']}: {100 * d['mean']:+.1f}{spread} {metric} points, {p['says']} "
+            f"(test {100 * t['mean']:+.1f}, balanced {100 * b['mean']:+.1f})"
+        )
+
+    order = ["pool", "prior", "features", "teacher", *(f"control-{c}" for c in CONTROLS)]
+    lines = [clause(n) for n in order if n in parts]
+    head = f"Attribution (paired over seeds; teacher candidate: {att['teacher'] or 'none'}): "
+    return head + "; ".join(lines) + "."
