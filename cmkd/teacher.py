@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmkd.bank import write_bank
-from cmkd.data import load_split, split_path, validate_benchmark
+from cmkd.data import POOL, load_split, split_path, validate_benchmark
 from cmkd.models import build_encoder, linear_head
 
 TEACHER_FILE = "teacher.pt"
@@ -41,10 +41,14 @@ def default_encoder(in_shape: tuple[int, ...]) -> str:
 
 
 def benchmark_fingerprint(directory: str | Path) -> str:
-    """Identifies a built benchmark: meta.json and the size of every table. Banks carry it."""
+    """Identifies a built benchmark: meta.json and the size of every labelled table. Banks carry
+    it. Unlabelled pools are left out: a teacher never reads one, so adding or capping a pool
+    keeps the bank."""
     directory = Path(directory)
     h = hashlib.sha256((directory / "meta.json").read_bytes())
     for f in sorted(directory.glob("*.parquet")):
+        if f.name.endswith(f"_{POOL}.parquet"):
+            continue
         h.update(f"{f.name}:{f.stat().st_size}".encode())
     return h.hexdigest()[:16]
 

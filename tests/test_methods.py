@@ -26,6 +26,14 @@ def make(seed=0, feature_dim=D, teacher_dim=None):
         z_t=torch.randn(16, D, generator=g),
         y_t=y.clone(),
         logits_t=torch.randn(16, C, generator=g),
+        pool=methods.PoolBatch(  # read only by the pool algorithms
+            x_weak=torch.randn(12, IN, generator=g),
+            x_strong=torch.randn(12, IN, generator=g),
+            z_b=torch.randn(12, D, generator=g),
+            y_b=torch.arange(12) % C,
+            b=torch.full((12,), 1 / 12),
+            prior=torch.full((C,), 1 / C),
+        ),
     )
     return student, h_t, batch
 
