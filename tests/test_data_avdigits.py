@@ -5,12 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
-from cmkd.data import SPLITS, espeak, load_split, validate_benchmark
+from cmkd.data import (
+    SPLITS,
+    espeak,
+    has_pool,
+    load_pool,
+    load_split,
+    pool_path,
+    validate_benchmark,
+)
 from cmkd.data.avdigits import CLASS_NAMES, VARIANTS, build_avdigits, mnist, split_variants
 
 LANGUAGES, TINY_VARIANTS, REPEATS, IMAGES = ("en", "fr"), ("m1", "f2", "m3"), 2, 10
+POOL_CLIPS = 30
 
 
 def test_speak_gives_a_word_at_22050_hz() -> None:
@@ -69,6 +79,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
         variants=TINY_VARIANTS,
         repeats=REPEATS,
         images_per_class=IMAGES,
+        pool_clips=POOL_CLIPS,
     )
     return out
 
@@ -119,6 +130,38 @@ def test_tiny_audio_holds_a_word_above_the_noise(tiny: Path) -> None:
     same_voice = split.groups == split.groups[0]
     words = [split.x[same_voice & (split.y == d)][0] for d in range(10)]
     assert all(not np.allclose(words[0], w, atol=0.5) for w in words[1:])
+
+
+def test_tiny_audio_pool_speaks_training_voices(tiny: Path, tmp_path: Path) -> None:
+    pool = load_pool(tiny, "audio")
+    assert pool.x.shape == (POOL_CLIPS, 1, 40, 80) and np.isfinite(pool.x).all()
+    table = pq.read_table(pool_path(tiny, "audio"))
+    assert "label" not in table.column_names
+    assert all(i.startswith("unlabelled-") for i in pool.ids)  # nothing of the digit in the id
+    (train_variant,) = validate_benchmark(tiny).params["variants"]["train"]
+    assert set(table.column("group").to_pylist()) <= {
+        f"{lang}+{train_variant}" for lang in LANGUAGES
+    }
+    train = load_split(tiny, "audio", "train")
+    # new random draws: no pool clip is one of the labelled clips
+    assert (
+        not (pool.x.reshape(len(pool), 1, -1) == train.x.reshape(1, len(train), -1)).all(-1).any()
+    )
+    # and the labelled splits do not depend on the pool
+    build_avdigits(
+        tmp_path,
+        seed=0,
+        languages=LANGUAGES,
+        variants=TINY_VARIANTS,
+        repeats=REPEATS,
+        images_per_class=IMAGES,
+        pool_clips=0,
+    )
+    assert not has_pool(tmp_path, "audio")
+    for s in SPLITS:
+        for m in ("image", "audio"):
+            name = f"{m}_{s}.parquet"
+            assert (tmp_path / name).read_bytes() == (tiny / name).read_bytes()
 
 
 def test_mnist_is_cached_and_read_only() -> None:

@@ -13,7 +13,7 @@ from cmkd.data.__main__ import main
 
 SMALL_SYNTH = ["--train-per-class", "20", "--val-per-class", "5", "--test-per-class", "10"]
 TINY_AVDIGITS = ["--languages", "en,fr", "--variants", "m1,f2,m3", "--repeats", "1"]
-TINY_AVDIGITS += ["--images-per-class", "10"]
+TINY_AVDIGITS += ["--images-per-class", "10", "--pool-clips", "20"]
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -26,7 +26,8 @@ def test_build_synth_prints_sizes_and_time(tmp_path: Path, capsys: pytest.Captur
     assert "a_train.parquet" in out and "200 rows" in out and "MB" in out
     assert "built synth (seed 0) in" in out
     assert sorted(_files(tmp_path / "s")) == sorted(
-        ["meta.json"] + [f"{m}_{s}.parquet" for m in "ab" for s in ("train", "val", "test")]
+        ["meta.json"]
+        + [f"{m}_{s}.parquet" for m in "ab" for s in ("train", "val", "test", "unlabelled")]
     )
 
 
@@ -43,7 +44,7 @@ def test_avdigits_tiny_build_is_deterministic(tmp_path: Path) -> None:
     for name in ("one", "two"):
         assert main(["build", "avdigits", "--out", str(tmp_path / name), *TINY_AVDIGITS]) == 0
     one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
-    assert len(one) == 7
+    assert len(one) == 8  # meta.json, 6 labelled splits, the audio pool
     assert one == two
     assert read_meta(tmp_path / "one").params["options"]["languages"] == ["en", "fr"]
 

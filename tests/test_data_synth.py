@@ -6,9 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
-from cmkd.data import SPLITS, load_split, validate_benchmark
+from cmkd.data import POOL, SPLITS, has_pool, load_pool, load_split, pool_path, validate_benchmark
 from cmkd.data.synth import MODALITIES, REGIMES, SynthParams, build_synth, sample_synth
 
 SMALL = SynthParams(train_per_class=30, val_per_class=5, test_per_class=20)
@@ -98,6 +99,34 @@ def test_build_writes_a_valid_benchmark(tmp_path: Path) -> None:
     np.testing.assert_array_equal(split.y, y)
 
 
+def test_build_writes_an_unlabelled_pool_per_modality(tmp_path: Path) -> None:
+    sizes = dict(train_per_class=6, val_per_class=2, test_per_class=3)
+    build_synth(tmp_path / "pool", "synth", seed=2, **sizes)
+    validate_benchmark(tmp_path / "pool")
+    drawn = sample_synth(replace(REGIMES["synth"], **sizes), 2, (POOL,))
+    for m in MODALITIES:
+        pool = load_pool(tmp_path / "pool", m)
+        assert pool.x.shape == (60, 64)  # as many as train by default
+        assert "label" not in pq.read_schema(pool_path(tmp_path / "pool", m)).names
+        np.testing.assert_array_equal(pool.x, drawn[m, POOL][0])
+        assert np.bincount(drawn[m, POOL][1]).tolist() == [6] * 10
+        train = load_split(tmp_path / "pool", m, "train")
+        assert not set(pool.ids.tolist()) & set(train.ids.tolist())
+        assert not (pool.x[:, None] == train.x[None]).all(-1).any()  # other samples
+    # Without a pool the labelled files are the same bytes: the pool has its own streams.
+    build_synth(tmp_path / "none", "synth", seed=2, pool_per_class=0, **sizes)
+    assert not has_pool(tmp_path / "none", "a")
+    for m in MODALITIES:
+        for s in SPLITS:
+            name = f"{m}_{s}.parquet"
+            assert (tmp_path / "pool" / name).read_bytes() == (
+                tmp_path / "none" / name
+            ).read_bytes()
+    assert len(load_pool(tmp_path / "pool", "b", limit=7)) == 7
+    build_synth(tmp_path / "big", "synth", seed=2, pool_per_class=9, **sizes)
+    assert len(load_pool(tmp_path / "big", "b")) == 90
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
@@ -105,6 +134,7 @@ def test_build_writes_a_valid_benchmark(tmp_path: Path) -> None:
         ({"dim": 8}, "dim=8 must be >= shared \\+ specific \\+ nondecisive = 26"),
         ({"num_classes": 1}, "num_classes must be >= 2"),
         ({"val_per_class": 0}, "at least one sample per class"),
+        ({"pool_per_class": -1}, "pool_per_class must be >= 0 or None"),
     ],
 )
 def test_bad_params(bad: dict, match: str) -> None:

@@ -1,8 +1,11 @@
 """Benchmarks on disk: one parquet table per modality and split, validated on load.
 
 schema    the layout, its validation, loading, per-class subsampling (exported here)
-synth     two-view Gaussian benchmarks `synth` and `synth-nohelp`
-avdigits  MNIST digits and espeak-ng spoken digits (`image`, `audio`)
+synth     two-view Gaussian benchmarks `synth` and `synth-nohelp`, with unlabelled pools
+avdigits  MNIST digits and espeak-ng spoken digits (`image`, `audio`), an unlabelled audio pool
+sonified  MNIST digits (`image`) and other MNIST digits made audible by the vOICe mapping
+          (`audio`, held-out voices, an unlabelled pool): `sonified` and the long-tailed
+          `sonified-lt`
 convert   RAVDESS (audio, face video frames) and CREMA-D (audio) raw releases to the layout
 ave       the AVE raw release (audio of each event, the frame at its middle), official splits
 video     PyAV decoding: a clip's audio track, the frame at a time, thumbnails

@@ -3,6 +3,8 @@
 python -m cmkd.data build synth --out data/synth [--seed 0] [--shared 8 ...]
 python -m cmkd.data build synth-nohelp --out data/synth-nohelp
 python -m cmkd.data build avdigits --out data/avdigits [--languages en,fr --repeats 1 ...]
+python -m cmkd.data build sonified --out data/sonified
+python -m cmkd.data build sonified-lt --out data/sonified-lt
 python -m cmkd.data convert ravdess RAW_DIR --out data/ravdess
 python -m cmkd.data convert ave RAW_DIR --out data/ave [--image-size 32 --segment event]
 python -m cmkd.data validate data/avdigits
@@ -23,14 +25,18 @@ import pyarrow.parquet as pq
 from cmkd import cli
 from cmkd.data.schema import (
     META_FILE,
+    POOL,
     SPLITS,
     DataError,
+    has_pool,
     load_split,
+    pool_path,
     read_meta,
     split_path,
     validate_benchmark,
 )
 
+SONIFIED = ("sonified", "sonified-lt")
 _SYNTH_KNOBS = {  # flag: help, and the range SynthParams checks (here per flag, by name)
     "num_classes": ("classes shared by both modalities", cli.integer(2)),
     "dim": ("observed features per modality, x: (dim,)", cli.positive_int),
@@ -46,11 +52,16 @@ _SYNTH_KNOBS = {  # flag: help, and the range SynthParams checks (here per flag,
     "train_per_class": ("train samples per class and modality", cli.positive_int),
     "val_per_class": ("val samples per class and modality", cli.positive_int),
     "test_per_class": ("test samples per class and modality", cli.positive_int),
+    "pool_per_class": (
+        "unlabelled samples per class and modality ({a,b}_unlabelled), 0 for none "
+        "[train-per-class]",
+        cli.non_negative_int,
+    ),
 }
 
 
 def _parser() -> argparse.ArgumentParser:
-    from cmkd.data.avdigits import VARIANTS, WORDS
+    from cmkd.data.avdigits import POOL_CLIPS, VARIANTS, WORDS
     from cmkd.data.synth import REGIMES
 
     parser = cli.parser(
@@ -76,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
             group.add_argument(
                 f"--{name.replace('_', '-')}",
                 type=kind,
-                metavar="N" if isinstance(default, int) else "X",
-                help=f"{text} [{default}]",
+                metavar="X" if isinstance(default, float) else "N",
+                help=text if default is None else f"{text} [{default}]",
             )
     sub = names.add_parser(
         "avdigits",
@@ -106,6 +117,23 @@ def _parser() -> argparse.ArgumentParser:
         type=cli.positive_int,
         metavar="N",
         help="parallel espeak-ng processes [CPU count]",
+    )
+    sub.add_argument(
+        "--pool-clips",
+        type=cli.non_negative_int,
+        metavar="N",
+        help=f"unlabelled clips in the training voices (audio_unlabelled), 0 for none "
+        f"[{POOL_CLIPS}]",
+    )
+    names.add_parser(
+        "sonified",
+        help="MNIST digits (image) and other MNIST digits made audible by the vOICe mapping "
+        "(audio), held-out voices for test, an unlabelled audio pool",
+    )
+    names.add_parser(
+        "sonified-lt",
+        help="sonified with a long-tailed class prior (imbalance 10) shared by the images, the "
+        "audio pool and the audio test split; balanced audio train and val",
     )
     for sub in names.choices.values():
         sub.add_argument(
@@ -181,7 +209,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = _parser().parse_args(argv)
     if args.command == "build" and args.name == "avdigits":
         _check_avdigits(args)
-    elif args.command == "build":
+    elif args.command == "build" and args.name not in SONIFIED:
         _check_synth(args)
     elif args.command == "convert":
         if not args.raw.is_dir():
@@ -240,6 +268,7 @@ def _build(args: argparse.Namespace) -> int:
     from cmkd.data.avdigits import build_avdigits
     from cmkd.data.ave import convert_ave
     from cmkd.data.convert import convert_cremad, convert_ravdess
+    from cmkd.data.sonified import build_sonified
     from cmkd.data.synth import REGIMES, build_synth
 
     skip = {"command", "name", "out", "seed", "force", "workers", "raw"}
@@ -267,6 +296,12 @@ def _build(args: argparse.Namespace) -> int:
         "ravdess": lambda: convert_ravdess(args.raw, out, seed, progress=True, **options),
         "cremad": lambda: convert_cremad(args.raw, out, seed, progress=True, **options),
         "ave": lambda: convert_ave(args.raw, out, seed, progress=True, **options),
+        **{
+            name: lambda name=name: build_sonified(
+                out, name, long_tail=name.endswith("-lt"), seed=seed, progress=True
+            )
+            for name in SONIFIED
+        },
     }[args.name]
     start = time.perf_counter()
     try:
@@ -294,6 +329,9 @@ def _validate(directory: Path, modalities: list[str] | None) -> int:
             split = load_split(directory, m, s, meta)
             groups = "" if split.groups is None else f", {len(set(split.groups))} groups"
             print(f"    {s:5} {len(split):6} rows, {len(set(split.y.tolist()))} classes{groups}")
+        if has_pool(directory, m):
+            rows = pq.read_metadata(pool_path(directory, m)).num_rows
+            print(f"    {POOL} {rows:6} rows, no labels")
     print("ok")
     return 0
 
@@ -321,8 +359,10 @@ def _print_files(out: Path) -> None:
     meta = read_meta(out)
     total = 0
     for m in meta.modalities:
-        for s in SPLITS:
+        for s in SPLITS + (POOL,):
             path = split_path(out, m, s)
+            if s == POOL and not path.is_file():
+                continue
             size = path.stat().st_size
             total += size
             rows = pq.read_metadata(path).num_rows

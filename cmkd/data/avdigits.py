@@ -6,6 +6,9 @@ audio: digit words spoken by espeak-ng in several languages and voice variants, 
     rate, pitch, gain, onset and white noise, as log-mel features (1, n_mels, frames). The group
     of a clip is its voice, language+variant (e.g. "fr+m3"). Variants are held out whole: the
     test split speaks with variants never heard in training, in every language.
+audio_unlabelled: a pool of clips spoken in the training voices with their own random draws
+    (language, voice, digit, rate, pitch, gain, onset, noise), labels not written. There is no
+    image pool: the image splits use every image.
 
 Both modalities have labels 0..9, so either can be the teacher. The built directory is the
 cache: clips are synthesised and turned into features once, at build time.
@@ -21,7 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from cmkd.data.audio import log_mel, num_samples
-from cmkd.data.schema import Meta, read_meta, split_path, write_meta, write_split
+from cmkd.data.schema import (
+    Meta,
+    pool_path,
+    read_meta,
+    split_path,
+    write_meta,
+    write_pool,
+    write_split,
+)
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 WORDS: dict[str, tuple[str, ...]] = {
@@ -38,6 +49,8 @@ WORDS: dict[str, tuple[str, ...]] = {
 VARIANTS: tuple[str, ...] = ("m1", "m2", "m3", "m4", "m5", "m6", "f1", "f2", "f3", "f4")
 # Held-out share of the variants (at least one each) and of the images of each class.
 VAL_SHARE, TEST_SHARE = 0.1, 0.2
+POOL_CLIPS = 500
+"""Default size of the unlabelled audio pool."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,34 @@ def _plan(
     return clips
 
 
+def _plan_pool(
+    languages: tuple[str, ...], variants: list[str], clips: int, p: AudioParams, seed: int
+) -> list[_Clip]:
+    """Unlabelled clips: digits in turn (a balanced pool), each in a random language and
+    training variant, with fresh random draws."""
+    rng = np.random.default_rng([seed, 5])
+    pool = []
+    for k, digit in enumerate(rng.permutation(np.arange(clips) % len(CLASS_NAMES))):
+        lang = languages[rng.integers(len(languages))]
+        pool.append(
+            _Clip(
+                voice=f"{lang}+{variants[rng.integers(len(variants))]}",
+                digit=int(digit),
+                word=WORDS[lang][digit],
+                repeat=k,
+                rate=int(rng.integers(p.rate[0], p.rate[1] + 1)),
+                pitch=int(rng.integers(p.pitch[0], p.pitch[1] + 1)),
+                pitch_range=int(rng.integers(p.pitch_range[0], p.pitch_range[1] + 1)),
+                gain_db=float(rng.uniform(*p.gain_db)),
+                snr_db=float(rng.uniform(*p.snr_db)),
+                onset=float(rng.uniform()),
+                noise_seed=int(rng.integers(2**31)),
+            )
+        )
+    # Grouped by language (one espeak batch each) and voice: switching voices is slow.
+    return sorted(pool, key=lambda c: (languages.index(c.voice.split("+")[0]), c.voice))
+
+
 def _featurize(
     clips: list[_Clip], speech: list[np.ndarray], p: AudioParams, rate: int
 ) -> tuple[np.ndarray, int]:
@@ -196,12 +237,16 @@ def build_avdigits(
     images_per_class: int | None = None,
     workers: int | None = None,
     progress: bool = False,
+    pool_clips: int | None = None,
 ) -> Meta:
-    """Write the avdigits benchmark to out/: meta.json and {image,audio}_{train,val,test}.parquet.
+    """Write the avdigits benchmark to out/: meta.json, {image,audio}_{train,val,test}.parquet
+    and audio_unlabelled.parquet.
 
     languages: keys of WORDS (default all); variants: espeak-ng voice variants (default
     VARIANTS, at least 3); repeats: clips per voice and digit (default 4); images_per_class: at
-    most this many MNIST images per class (default all 500). Deterministic by seed.
+    most this many MNIST images per class (default all 500); pool_clips: unlabelled clips in the
+    training voices (default POOL_CLIPS, 0: no pool). Deterministic by seed; the labelled splits
+    do not depend on pool_clips.
     meta.json records the options given (params["options"]), so a caller can tell whether an
     existing build matches a request.
     """
@@ -210,7 +255,11 @@ def build_avdigits(
     from cmkd.data import espeak
 
     given = dict(
-        languages=languages, variants=variants, repeats=repeats, images_per_class=images_per_class
+        languages=languages,
+        variants=variants,
+        repeats=repeats,
+        images_per_class=images_per_class,
+        pool_clips=pool_clips,
     )
     options = {k: list(v) if isinstance(v, list | tuple) else v for k, v in given.items()}
     options = {k: v for k, v in options.items() if v is not None}
@@ -222,6 +271,9 @@ def build_avdigits(
         raise ValueError(f"no digit words for languages {unknown}; known: {sorted(WORDS)}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    pool_clips = POOL_CLIPS if pool_clips is None else pool_clips
+    if pool_clips < 0:
+        raise ValueError(f"pool_clips must be >= 0, got {pool_clips}")
     missing = [v for v in variants if v not in espeak.variants()]
     if missing or len(set(variants)) != len(variants):
         raise ValueError(f"variants must be distinct espeak-ng variants, got {list(variants)}")
@@ -235,21 +287,29 @@ def build_avdigits(
         write_split(split_path(out, "image", s), x, labels[idx], [f"mnist-{i:04d}" for i in idx])
 
     clips = _plan(languages, variants, params, seed)
-    # One batch per language, each spoken in a fresh process (see cmkd.data.espeak).
-    batches = [[c for c in clips if c.voice.split("+")[0] == lang] for lang in languages]
+    pool = _plan_pool(languages, variant_split["train"], pool_clips, params, seed)
+    # One batch per language, each spoken in a fresh process (see cmkd.data.espeak); the
+    # pool's batches come after the labelled ones, with seeds of their own.
+    by_language = lambda cs: [
+        [c for c in cs if c.voice.split("+")[0] == lang] for lang in languages
+    ]
+    batches = by_language(clips)
+    pool_batches = [b for b in by_language(pool) if b]
     utterances = [
         [espeak.Utterance(c.word, c.voice, c.rate, c.pitch, c.pitch_range) for c in batch]
-        for batch in batches
+        for batch in batches + pool_batches
     ]
-    workers = workers or min(len(batches), os.cpu_count() or 1)
+    workers = workers or min(len(utterances), os.cpu_count() or 1)
     rate = espeak.sample_rate()
-    features, cropped = [], 0
-    with tqdm(total=len(clips), desc="avdigits audio", unit="clip", disable=not progress) as bar:
+    features, pool_features, cropped = [], [], 0
+    total = len(clips) + len(pool)
+    with tqdm(total=total, desc="avdigits audio", unit="clip", disable=not progress) as bar:
         seeds = np.random.default_rng([seed, 4]).integers(2**31, size=len(batches)).tolist()
+        seeds += np.random.default_rng([seed, 6]).integers(2**31, size=len(pool_batches)).tolist()
         speeches = espeak.speak_fresh(utterances, seeds, workers)
-        for batch, speech in zip(batches, speeches, strict=True):
+        for k, (batch, speech) in enumerate(zip(batches + pool_batches, speeches, strict=True)):
             x, n_cropped = _featurize(batch, speech, params, rate)
-            features.append(x)
+            (features if k < len(batches) else pool_features).append(x)
             cropped += n_cropped
             bar.update(len(batch))
     x_audio = np.concatenate(features)  # (N, 1, n_mels, frames), in the order of clips
@@ -262,6 +322,15 @@ def build_avdigits(
             np.array([clips[i].digit for i in rows]),
             [f"{clips[i].voice}-{clips[i].digit}-{clips[i].repeat}" for i in rows],
             [clips[i].voice for i in rows],
+        )
+    if pool:
+        # Shuffled, with ids that say nothing of the digit: the rows carry no label.
+        order = np.random.default_rng([seed, 7]).permutation(len(pool))
+        write_pool(
+            pool_path(out, "audio"),
+            np.concatenate(pool_features)[order],
+            [f"unlabelled-{j:05d}" for j in range(len(pool))],
+            [pool[i].voice for i in order],
         )
 
     write_meta(
@@ -279,6 +348,7 @@ def build_avdigits(
             "sample_rate": espeak.sample_rate(),
             "languages": {lang: list(WORDS[lang]) for lang in languages},
             "variants": variant_split,
+            "pool_clips": pool_clips,
             "clips_cropped": cropped,
             **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()},
         },

@@ -15,6 +15,9 @@ instances. Knowledge distilled from a teacher on one modality can only help the 
 other through the shared dims: `synth` puts most decisive dims there, `synth-nohelp` none.
 Both regimes have the same number of decisive dims per modality, so each modality alone is as
 hard in one regime as in the other; only what the two have in common changes.
+
+Each modality also gets an unlabelled pool ({a,b}_unlabelled.parquet): further balanced draws of
+the same generator, the labels not written.
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from cmkd.data.schema import SPLITS, Meta, read_meta, split_path, write_meta, write_split
+from cmkd.data.schema import (
+    POOL,
+    SPLITS,
+    Meta,
+    pool_path,
+    read_meta,
+    split_path,
+    write_meta,
+    write_pool,
+    write_split,
+)
 
 MODALITIES: tuple[str, ...] = ("a", "b")
 
@@ -55,6 +68,9 @@ class SynthParams:
     """Samples per class and modality in the val split."""
     test_per_class: int = 100
     """Samples per class and modality in the test split."""
+    pool_per_class: int | None = None
+    """Samples per class and modality in the unlabelled pool (labels not written); None: as
+    many as train_per_class, 0: no pool."""
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -70,10 +86,14 @@ class SynthParams:
             )
         if min(self.train_per_class, self.val_per_class, self.test_per_class) < 1:
             raise ValueError("every split needs at least one sample per class")
+        if self.pool_per_class is not None and self.pool_per_class < 0:
+            raise ValueError(f"pool_per_class must be >= 0 or None, found {self.pool_per_class}")
         if self.class_sep <= 0 or self.noise < 0 or self.obs_noise < 0:
             raise ValueError("class_sep must be > 0, noise and obs_noise >= 0")
 
     def per_class(self, split: str) -> int:
+        if split == POOL:
+            return self.train_per_class if self.pool_per_class is None else self.pool_per_class
         return {"train": self.train_per_class, "val": self.val_per_class}.get(
             split, self.test_per_class
         )
@@ -88,13 +108,15 @@ REGIMES: dict[str, SynthParams] = {
 
 
 def sample_synth(
-    params: SynthParams, seed: int
+    params: SynthParams, seed: int, splits: tuple[str, ...] = SPLITS
 ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-    """Draw every split of both modalities in memory.
+    """Draw the splits (of SPLITS, and POOL: the unlabelled pool) of both modalities in memory.
 
     Returns {(modality, split): (x, y)} with x: (N, dim) float32 and y: (N,) int64, N =
-    num_classes * per-class count of the split, rows shuffled. Deterministic by seed; the class
-    codes and embeddings do not depend on the per-split counts.
+    num_classes * per-class count of the split, rows shuffled; the pool's y is what its rows
+    were drawn with (not written to disk). Deterministic by seed; the class codes and embeddings
+    do not depend on the per-split counts, and every split has its own random stream, so
+    drawing the pool leaves the labelled splits unchanged.
     """
     p = params
     rng = np.random.default_rng([seed, 0])
@@ -107,7 +129,8 @@ def sample_synth(
         w[m] = rng.normal(0.0, 1.0 / np.sqrt(latent), (latent, p.dim))
 
     out = {}
-    for i, s in enumerate(SPLITS):
+    for s in splits:
+        i = (*SPLITS, POOL).index(s)
         for j, m in enumerate(MODALITIES):
             # One stream per (split, modality): changing the test size leaves train unchanged.
             r = np.random.default_rng([seed, 1, i, j])
@@ -128,7 +151,8 @@ def sample_synth(
 def build_synth(
     out: str | Path, regime: str = "synth", seed: int = 0, progress: bool = False, **overrides
 ) -> Meta:
-    """Write a synth benchmark to out/: meta.json and {a,b}_{train,val,test}.parquet.
+    """Write a synth benchmark to out/: meta.json, {a,b}_{train,val,test}.parquet and, unless
+    pool_per_class is 0, the unlabelled pools {a,b}_unlabelled.parquet (disjoint draws).
 
     regime names the defaults (a key of REGIMES); overrides replace single SynthParams fields
     and are recorded in meta.json as params["options"].
@@ -138,9 +162,14 @@ def build_synth(
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}; choose from {sorted(REGIMES)}")
     params = replace(REGIMES[regime], **overrides)
-    data = sample_synth(params, seed)
+    splits = SPLITS + ((POOL,) if params.per_class(POOL) > 0 else ())
+    data = sample_synth(params, seed, splits)
     for (m, s), (x, y) in tqdm(data.items(), desc=regime, unit="file", disable=not progress):
-        write_split(split_path(out, m, s), x, y, [f"{m}-{s}-{i:06d}" for i in range(len(y))])
+        ids = [f"{m}-{s}-{i:06d}" for i in range(len(y))]
+        if s == POOL:
+            write_pool(pool_path(out, m), x, ids)
+        else:
+            write_split(split_path(out, m, s), x, y, ids)
     # meta.json last: its presence marks a complete build.
     write_meta(
         out,
