@@ -512,8 +512,9 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             f"and the references with fresh seeds {seeds} on the full schedule",
             flush=True,
         )
+        runs, same = distinct_runs(configs, uniform_bank=uniform_histogram(data.bank.y))
         final, final_failed = final_retrain(
-            configs,
+            runs,
             data_cfg,
             seeds,
             payload_ref,
@@ -523,6 +524,9 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             resources=resources,
             storage=f"{path}/final-runs",
         )
+        for name, target in same.items():  # the same run under another name: trained once
+            if target in final:
+                final[name] = {**final[target], "config": configs[name], "same_run_as": target}
     verdict = decide(final, space.mode) if final else None
     teacher = teacher_candidate(final, configs, verdict, space.mode) if pool else None
     if teacher is not None and args.final_seeds > 0:
@@ -632,6 +636,31 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     if attribution:
         print(attribution_sentence(attribution, space.metric), flush=True)
     return 0
+
+
+def uniform_histogram(y) -> bool:
+    import numpy as np
+
+    counts = np.bincount(y)
+    return bool(counts.min() == counts.max())
+
+
+def distinct_runs(configs: dict[str, dict], uniform_bank: bool) -> tuple[dict, dict[str, str]]:
+    """The configs that train different runs, and each other name -> the name whose run it
+    shares (a finalist that is also the best of a reference family; ``prior: bank`` when the
+    bank's class histogram is uniform, where it is the uniform prior)."""
+    runs, same, seen = {}, {}, {}
+    for name, cfg in configs.items():
+        key_cfg = cfg
+        if uniform_bank and cfg.get("prior") == "bank":
+            key_cfg = {**cfg, "prior": "uniform"}
+        key = canonical(key_cfg)
+        if key in seen:
+            same[name] = seen[key]
+        else:
+            seen[key] = name
+            runs[name] = cfg
+    return runs, same
 
 
 def teacher_candidate(final: dict, configs: dict, verdict: dict | None, mode: str) -> str | None:
