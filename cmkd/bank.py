@@ -185,9 +185,7 @@ def control_bank(bank: TeacherBank, kind: str, num_classes: int, seed: int = 0) 
         return TeacherBank(bank.z, logits, y, freeze(head), {**bank.info, "control": kind})
     if kind == "neutral":
         if d < c:
-            raise BankError(
-                f"a neutral teacher needs feature_dim >= num_classes, got {d} < {c}"
-            )
+            raise BankError(f"a neutral teacher needs feature_dim >= num_classes, got {d} < {c}")
         centres, _ = np.linalg.qr(rng.standard_normal((d, c)))  # (D, C) orthonormal columns
         z = centres.T[bank.y] + rng.standard_normal((len(bank.y), d)) * (0.5 / np.sqrt(d))
         z = (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)

@@ -107,3 +107,14 @@ def labels_per_class(text: str) -> int | str:
         raise argparse.ArgumentTypeError(
             f"got {text!r}, expected a whole number >= 1 or 'all'"
         ) from None
+
+
+def unlabelled(text: str) -> int | str:
+    """An ``type=`` for --unlabelled: a whole number of pool rows (0: none) or 'all'."""
+    if text == "all":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}, expected a whole number of pool rows, 'all' or 0"
+        )
+    return int(text)

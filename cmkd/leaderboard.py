@@ -56,11 +56,13 @@ def family_best(rows: list[dict], role: str, metric: str, mode: str) -> dict | N
             return False
         if want is None:
             return r["role"] == role
-        return all(r["config"].get(k, DistillConfig.model_fields[k].default) == v
-                   for k, v in want.items())
+        return all(
+            r["config"].get(k, DistillConfig.model_fields[k].default) == v for k, v in want.items()
+        )
 
-    ok = sorted((r for r in rows if member(r)),
-                key=lambda r: (not r.get("full", True), sign * r[key]))
+    ok = sorted(
+        (r for r in rows if member(r)), key=lambda r: (not r.get("full", True), sign * r[key])
+    )
     return ok[0] if ok else None
 
 

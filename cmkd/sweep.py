@@ -15,8 +15,8 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from cmkd.config import POOL_ALGORITHMS, DataConfig, DistillConfig, Experiment
 from cmkd.leaderboard import (
-    family_best,
     failure_reason,
+    family_best,
     print_leaderboard,
     references,
     summarise,
@@ -154,7 +154,13 @@ def wandb_callbacks(mode: str, project: str, group: str) -> list:
 
 
 FINAL_KEYS = (
-    "val", "val_acc", "val_bacc", "test_acc", "test_bacc", "test_acc_teacher_head", "epoch"
+    "val",
+    "val_acc",
+    "val_bacc",
+    "test_acc",
+    "test_bacc",
+    "test_acc_teacher_head",
+    "epoch",
 )
 
 
@@ -440,9 +446,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(
-                    space, args.seed, args.num_samples, refs, args.searcher
-                ),
+                search_alg=make_searcher(space, args.seed, args.num_samples, refs, args.searcher),
                 scheduler=make_scheduler(space, max_epochs, prune=args.early_stop == "asha"),
                 time_budget_s=args.time_budget,
                 num_samples=budget,
@@ -532,9 +536,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     if teacher is not None and args.final_seeds > 0:
         # Controls of the teacher's part: the same config with its class structure scrambled,
         # and with a neutral teacher (evenly spaced class clusters), on the same seeds.
-        controls = {
-            f"control-{c}": {**configs[teacher], "teacher": c} for c in CONTROLS
-        }
+        controls = {f"control-{c}": {**configs[teacher], "teacher": c} for c in CONTROLS}
         print(f"\ncontrols: {teacher} with a permuted-label and a neutral teacher", flush=True)
         more, more_failed = final_retrain(
             controls,
@@ -666,6 +668,7 @@ def distinct_runs(configs: dict[str, dict], uniform_bank: bool) -> tuple[dict, d
 def teacher_candidate(final: dict, configs: dict, verdict: dict | None, mode: str) -> str | None:
     """The final candidate whose teacher part is measured: the recommendation when it reads the
     teacher, else the best finalist (on validation) that does; None if no finalist reads it."""
+
     def reads_teacher(name: str) -> bool:
         algo = configs.get(name, {}).get("algorithm", DistillConfig().algorithm)
         return name in final and algo not in TEACHER_FREE

@@ -52,7 +52,9 @@ def _builders() -> dict[str, Callable[[Path], object]]:
         "synth-nohelp": lambda out: build_synth(out, "synth-nohelp", progress=True),
         "avdigits": lambda out: build_avdigits(out, progress=True),
         "sonified": lambda out: build_sonified(out, "sonified", progress=True),
-        "sonified-lt": lambda out: build_sonified(out, "sonified-lt", long_tail=True, progress=True),
+        "sonified-lt": lambda out: build_sonified(
+            out, "sonified-lt", long_tail=True, progress=True
+        ),
     }
 
 
@@ -408,7 +410,9 @@ class Run:
             # index_select: advanced indexing of the bank took ~1000x longer at batch 256 under load
             z_t, y_t, logits_t = (t.index_select(0, rows) for t in (z_bank, y_bank, logits_bank))
             x_s, y_s = self._augment(x_s, self.cfg.augment).to(self.device), y_s.to(self.device)
-            batch = Batch(x_s, y_s, z_t, y_t, logits_t, self._pool_batch() if self.uses_pool else None)
+            batch = Batch(
+                x_s, y_s, z_t, y_t, logits_t, self._pool_batch() if self.uses_pool else None
+            )
             self.steps_done += 1
             for k, v in self.step(self.student, self.h_t, self.opt, batch).items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -447,13 +451,24 @@ class Run:
         self._val_rows = ev.get("samples") if keep else None
         n, c = ev["n"], len(ev["class_n"])
         summed = _all_sum(
-            [ev["acc"] * n, ev["acc_teacher_head"] * n, ev["ce"] * n, n, *ev["class_n"],
-             *ev["class_acc"], *ev["class_acc_teacher_head"]],
+            [
+                ev["acc"] * n,
+                ev["acc_teacher_head"] * n,
+                ev["ce"] * n,
+                n,
+                *ev["class_n"],
+                *ev["class_acc"],
+                *ev["class_acc_teacher_head"],
+            ],
             self.world,
             self.device,
         )
         acc, acc_t, ce, n = summed[:4]
-        class_n, class_acc, class_acc_t = summed[4 : 4 + c], summed[4 + c : 4 + 2 * c], summed[4 + 2 * c :]
+        class_n, class_acc, class_acc_t = (
+            summed[4 : 4 + c],
+            summed[4 + c : 4 + 2 * c],
+            summed[4 + 2 * c :],
+        )
         return {
             f"{split}_acc_student_head": acc / n,
             f"{split}_acc_teacher_head": acc_t / n,
@@ -591,13 +606,16 @@ def check_args(argv=None) -> tuple[argparse.Namespace, Experiment]:
     """Parse and validate the command line, building nothing: a bad value exits 2 (cmkd.cli)."""
     p = cli.parser("python -m cmkd.train", __doc__)
     p.add_argument("--config", help="experiment YAML with 'data:' and 'distill:' sections")
-    p.add_argument(
-        "--benchmark", help="synth, synth-nohelp, avdigits, or a built benchmark's folder"
-    )
+    p.add_argument("--benchmark", help=f"{', '.join(BUILTIN)}, or a built benchmark's folder")
     p.add_argument(
         "--labels-per-class",
         type=cli.labels_per_class,
         help="labelled student samples per class, or 'all'",
+    )
+    p.add_argument(
+        "--unlabelled",
+        type=cli.unlabelled,
+        help="rows of the student's unlabelled pool the pool algorithms may use: N, 'all' or 0",
     )
     p.add_argument(
         "--set",
@@ -621,7 +639,7 @@ def check_args(argv=None) -> tuple[argparse.Namespace, Experiment]:
     except ConfigError as e:
         cli.fail(f"--config {e}")
     data = exp.data.model_dump()
-    for key in ("benchmark", "labels_per_class"):
+    for key in ("benchmark", "labels_per_class", "unlabelled"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     distill = exp.distill.model_dump()

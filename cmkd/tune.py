@@ -65,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--unlabelled",
         default="all",
+        type=cli.unlabelled,
         help="rows of the student modality's unlabelled pool ({student}_unlabelled.parquet) the "
         "pool algorithms (ucmkd_pool, ssl) may use: a number, 'all' (default; none when the "
         "benchmark has no pool) or 0",
@@ -324,12 +325,6 @@ def main(argv=None) -> int:
                 "rows per class, or 'split'"
             )
         vpc = args.val_per_class if args.val_per_class == "split" else int(args.val_per_class)
-        if args.unlabelled != "all" and not args.unlabelled.isdigit():
-            raise ConfigError(
-                f"--unlabelled {args.unlabelled!r}: expected a whole number of pool rows, "
-                "'all' or 0"
-            )
-        unlabelled = args.unlabelled if args.unlabelled == "all" else int(args.unlabelled)
         from cmkd.trial import for_machine
 
         for_machine({}, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker)
@@ -339,7 +334,7 @@ def main(argv=None) -> int:
             teacher=args.teacher,
             labels_per_class=lpc,
             val_per_class=vpc,
-            unlabelled=unlabelled,
+            unlabelled=args.unlabelled,
             seed=args.seed,
             data_root=args.data_root,
             loading=args.data_loading,

@@ -85,7 +85,9 @@ def test_a_pool_with_real_labels_is_refused(bench, tmp_path):
 
     b = copy_bench(bench, tmp_path)
     write_split(pool_path(b, "b"), np.zeros((4, 64)), np.array([0, 1, -1, 2]), list("abcd"))
-    with pytest.raises(DataError, match=r"label column must be absent or hold only -1.*\[0, 1, 2\]"):
+    with pytest.raises(
+        DataError, match=r"label column must be absent or hold only -1.*\[0, 1, 2\]"
+    ):
         train.load_run_data(data_cfg(b), log=lambda *_: None)
 
 
@@ -128,8 +130,14 @@ def _after_step(algorithm, batch, h_t=None, **hyper):
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
     step = methods.make_step(
         algorithm,
-        **{"fa": methods.make_fa("mmd"), "la": methods.make_la("teacher_ce"), "grad_clip": None,
-           "w_pl": 1.0, "pl_threshold": 0.0, **hyper},
+        **{
+            "fa": methods.make_fa("mmd"),
+            "la": methods.make_la("teacher_ce"),
+            "grad_clip": None,
+            "w_pl": 1.0,
+            "pl_threshold": 0.0,
+            **hyper,
+        },
     )
     step(student, h_t, opt, batch)
     return torch.cat([p.detach().flatten() for p in student.parameters()])
@@ -138,9 +146,19 @@ def _after_step(algorithm, batch, h_t=None, **hyper):
 def test_ssl_reads_nothing_of_the_teacher_but_the_prior():
     a, b = _step_batch(seed=0), _step_batch(seed=0)
     other = methods.Batch(  # other teacher rows, logits, bank sample and head
-        b.x_s, b.y_s, torch.randn_like(b.z_t), b.y_t, torch.randn_like(b.logits_t),
-        methods.PoolBatch(b.pool.x_weak, b.pool.x_strong, torch.randn_like(b.pool.z_b),
-                          b.pool.y_b.roll(1), b.pool.b, b.pool.prior),
+        b.x_s,
+        b.y_s,
+        torch.randn_like(b.z_t),
+        b.y_t,
+        torch.randn_like(b.logits_t),
+        methods.PoolBatch(
+            b.pool.x_weak,
+            b.pool.x_strong,
+            torch.randn_like(b.pool.z_b),
+            b.pool.y_b.roll(1),
+            b.pool.b,
+            b.pool.prior,
+        ),
     )
     h_other = freeze(linear_head(6, 3))
     torch.nn.init.normal_(h_other.weight)
@@ -151,20 +169,34 @@ def test_ssl_reads_nothing_of_the_teacher_but_the_prior():
 
 def test_ucmkd_pool_reads_the_bank_sample_and_ramps_up():
     a = _step_batch(seed=0)
-    moved = methods.Batch(*[getattr(a, f) for f in ("x_s", "y_s", "z_t", "y_t", "logits_t")],
-                          methods.PoolBatch(a.pool.x_weak, a.pool.x_strong, a.pool.z_b + 1.0,
-                                            a.pool.y_b, a.pool.b, a.pool.prior))
+    moved = methods.Batch(
+        *[getattr(a, f) for f in ("x_s", "y_s", "z_t", "y_t", "logits_t")],
+        methods.PoolBatch(
+            a.pool.x_weak, a.pool.x_strong, a.pool.z_b + 1.0, a.pool.y_b, a.pool.b, a.pool.prior
+        ),
+    )
     hyper = dict(w_fa=0.0, w_la=0.0, w_pl=0.0, w_prior=0.0, w_uot=1.0)
-    assert not torch.equal(_after_step("ucmkd_pool", a, **hyper),
-                           _after_step("ucmkd_pool", moved, **hyper))
+    assert not torch.equal(
+        _after_step("ucmkd_pool", a, **hyper), _after_step("ucmkd_pool", moved, **hyper)
+    )
+
     # at ramp 0 the pool terms weigh nothing: the bank sample no longer matters
     def ramp0(batch):
-        return methods.Batch(*[getattr(batch, f) for f in ("x_s", "y_s", "z_t", "y_t", "logits_t")],
-                             methods.PoolBatch(*[getattr(batch.pool, f) for f in
-                                                 ("x_weak", "x_strong", "z_b", "y_b", "b", "prior")],
-                                               ramp=0.0))
-    assert torch.equal(_after_step("ucmkd_pool", ramp0(a), **hyper),
-                       _after_step("ucmkd_pool", ramp0(moved), **hyper))
+        return methods.Batch(
+            *[getattr(batch, f) for f in ("x_s", "y_s", "z_t", "y_t", "logits_t")],
+            methods.PoolBatch(
+                *[
+                    getattr(batch.pool, f)
+                    for f in ("x_weak", "x_strong", "z_b", "y_b", "b", "prior")
+                ],
+                ramp=0.0,
+            ),
+        )
+
+    assert torch.equal(
+        _after_step("ucmkd_pool", ramp0(a), **hyper),
+        _after_step("ucmkd_pool", ramp0(moved), **hyper),
+    )
 
 
 # ----------------------------------------------------------------------------- controls
@@ -208,8 +240,12 @@ def test_neutral_teacher_keeps_the_labels_and_nothing_of_the_features():
     assert dist.max() / dist.min() < 1.1
     # and unrelated to the real features (correlation of pairwise distances near 0)
     real = np.linalg.norm(bank.z[:, None] - bank.z[None], axis=-1)
-    assert np.corrcoef(real.ravel(), np.linalg.norm(
-        neutral.z[:, None] - neutral.z[None], axis=-1).ravel())[0, 1] < 0.9
+    assert (
+        np.corrcoef(
+            real.ravel(), np.linalg.norm(neutral.z[:, None] - neutral.z[None], axis=-1).ravel()
+        )[0, 1]
+        < 0.9
+    )
     with pytest.raises(ValueError, match="teacher control 'nope'"):
         control_bank(bank, "nope", 4)
 
@@ -239,10 +275,15 @@ def test_a_pool_run_resumed_from_its_state_matches_an_uninterrupted_one(data, al
 
 
 def test_augmentation_changes_ce_training_and_none_does_not(data):
-    runs = {a: train.fit(DistillConfig(algorithm="ce", **{**POOL_CFG, "augment": a}), data,
-                         log=lambda *_: None)["history"] for a in ("none", "strong")}
-    plain = train.fit(DistillConfig(algorithm="ce", **{**POOL_CFG, "augment": "none"}), data,
-                      log=lambda *_: None)["history"]
+    runs = {
+        a: train.fit(
+            DistillConfig(algorithm="ce", **{**POOL_CFG, "augment": a}), data, log=lambda *_: None
+        )["history"]
+        for a in ("none", "strong")
+    }
+    plain = train.fit(
+        DistillConfig(algorithm="ce", **{**POOL_CFG, "augment": "none"}), data, log=lambda *_: None
+    )["history"]
     assert [h["train_loss"] for h in runs["none"]] == [h["train_loss"] for h in plain]
     assert [h["train_loss"] for h in runs["none"]] != [h["train_loss"] for h in runs["strong"]]
 
@@ -251,9 +292,18 @@ def test_augmentation_changes_ce_training_and_none_does_not(data):
 
 
 def _runs(vals, bvals=None):
-    return {"runs": [{"seed": s, "val": v, "test_acc": v, "test_bacc": (bvals or vals)[i],
-                      "val_rows": [v] * 4}
-                     for i, (s, v) in enumerate(zip((1, 2, 3), vals, strict=True))]}
+    return {
+        "runs": [
+            {
+                "seed": s,
+                "val": v,
+                "test_acc": v,
+                "test_bacc": (bvals or vals)[i],
+                "val_rows": [v] * 4,
+            }
+            for i, (s, v) in enumerate(zip((1, 2, 3), vals, strict=True))
+        ]
+    }
 
 
 def test_attribution_splits_the_teachers_part_into_prior_and_features():

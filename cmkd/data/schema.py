@@ -160,8 +160,9 @@ def write_pool(
 
     x: (N, *shape) floating; ids: N unique strings; groups: N strings or None.
     """
-    path = Path(write_split(path, x, np.full(len(x), NO_LABEL), ids, groups,
-                            row_group_rows=row_group_rows))
+    path = Path(
+        write_split(path, x, np.full(len(x), NO_LABEL), ids, groups, row_group_rows=row_group_rows)
+    )
     table = pq.read_table(path)
     pq.write_table(
         table.drop(["label"]),
