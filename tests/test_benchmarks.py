@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -38,26 +39,35 @@ def test_gpu_script_without_a_gpu_says_so_and_keeps_measured_results(tmp_path, m
 
 
 def _regime(**acc):
-    names = {"ce": "CE only", "kd": "unpaired KD", "sum": "reference UCMKD sum",
-             "bilevel": "reference UCMKD bilevel", "win": quality.WINNER, "full": quality.FULL}  # fmt: skip
-    return {"rows": {names[k]: [{"test_acc": v / 100}] for k, v in acc.items()}}
+    """One regime's rows, each a list of per-seed runs (seeds 1, 2, 3): value or (v1, v2, v3)."""
+    names = {"ce": "CE (augmented)", "ssl": "ssl_only", "sslp": "ssl_prior",
+             "rec": "recommendation", "full": "full-label (augmented)"}  # fmt: skip
+    rows = {}
+    for k, v in acc.items():
+        vals = v if isinstance(v, tuple) else (v, v, v)
+        rows[names[k]] = [
+            {"seed": s, "test_acc": x / 100, "test_bacc": x / 100} for s, x in zip((1, 2, 3), vals)
+        ]
+    return {"rows": rows}
 
 
 def test_quality_targets_say_met_or_missed_and_by_how_much():
     cache = {
-        "avdigits audio<-image 5": _regime(ce=20, kd=21, sum=19, bilevel=22, win=30, full=50),
-        "synth-nohelp 5": _regime(ce=60, kd=59, sum=58, bilevel=61, win=59.5, full=90),
+        # +6 over CE, but half the 40-point gap is 20: missed by 14
+        "sonified 5": _regime(ce=50, ssl=55, sslp=55, rec=56, full=90),
+        "sonified-lt 5": _regime(ce=40, ssl=50, sslp=54, rec=(52, 53, 54), full=80),
+        "synth-nohelp 5": _regime(ce=60, ssl=59, sslp=59, rec=59, full=90),
     }
     text = "\n".join(quality.targets(cache))
-    # half of the 30-point gap above 20 is 35: the winner at 30 misses it by 5, share 10/30
-    assert "half the gap is 35.0: **MISSED by 5.0 points** (share +0.33)" in text
-    # beats the references on avdigits (30 vs 22) but not on synth-nohelp (59.5 vs 61)
-    assert "in 1 of 2 regimes" in text and "**synth-nohelp 5 (-1.5)**" in text
-    assert "winner − CE = -0.5 points: **MISSED by 0.5 points**" in text
-    cache["avdigits audio<-image 5"] = _regime(ce=20, kd=21, sum=19, bilevel=22, win=36, full=50)
-    assert "**met** (share +0.53)" in "\n".join(quality.targets(cache))
-    assert quality.share(25.0, 30.0, 30.0) == "n/a (gap +0.0)"
-    assert quality.share(25.0, 30.0, 31.5) == "n/a (gap +1.5)"  # inside the seeds' noise
+    assert "the target (≥ +5 and ≥ half the gap) is 70.0: **MISSED by 14.0 points**" in text
+    # teacher's part: sonified-lt 53 − 50 = +3.0 (met); features 53 − 54 = −1.0 (below −0.5)
+    assert "best +3.0 (sonified-lt 5): **met**" in text
+    assert "**MISSED** in sonified-lt 5 (-1.0)" in text and "best +1.0 (sonified 5)" in text
+    assert "synth-nohelp 5: recommendation − CE = -1.0 points (≥ −0.5): **MISSED by 0.5" in text
+    cache["sonified 5"] = _regime(ce=50, ssl=70, sslp=70, rec=71, full=90)
+    assert "is 70.0: **met**" in "\n".join(quality.targets(cache))
+    d = quality.diff(cache["sonified-lt 5"]["rows"], "recommendation", "ssl_only", "test_bacc")
+    assert d["mean"] == pytest.approx(3.0) and d["std"] == pytest.approx(1.0) and d["n"] == 3
 
 
 def test_publish_writes_the_table_in_a_new_folder_and_names_every_file(tmp_path, capsys):
