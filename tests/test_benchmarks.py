@@ -46,7 +46,8 @@ def _regime(**acc):
     for k, v in acc.items():
         vals = v if isinstance(v, tuple) else (v, v, v)
         rows[names[k]] = [
-            {"seed": s, "test_acc": x / 100, "test_bacc": x / 100} for s, x in zip((1, 2, 3), vals)
+            {"seed": s, "test_acc": x / 100, "test_bacc": x / 100}
+            for s, x in zip((1, 2, 3), vals, strict=True)
         ]
     return {"rows": rows}
 
