@@ -83,6 +83,7 @@ def sweep(regime: str, args) -> dict:
             "--storage", str(args.storage), "--name", name, "--wandb", "disabled",
             "--data-root", str(args.data_root),
             *(["--student", student, "--teacher", teacher] if student else []),
+            *(["--resume"] if (args.storage / name / "sweep.json").is_file() else []),
         ]  # fmt: skip
         print(" ".join(cmd), flush=True)
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -533,11 +533,21 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
                 final[name] = {**final[target], "config": configs[name], "same_run_as": target}
     verdict = decide(final, space.mode) if final else None
     teacher = teacher_candidate(final, configs, verdict, space.mode) if pool else None
+    controls = {}
+    if pool and teacher is None:  # no finalist reads the teacher: measure the best trial that does
+        best = best_teacher_trial(rows, space.metric, space.mode)
+        if best is not None:
+            teacher = row_name(best)
+            configs[teacher] = controls[teacher] = best["config"]
     if teacher is not None and args.final_seeds > 0:
         # Controls of the teacher's part: the same config with its class structure scrambled,
         # and with a neutral teacher (evenly spaced class clusters), on the same seeds.
-        controls = {f"control-{c}": {**configs[teacher], "teacher": c} for c in CONTROLS}
-        print(f"\ncontrols: {teacher} with a permuted-label and a neutral teacher", flush=True)
+        controls.update({f"control-{c}": {**configs[teacher], "teacher": c} for c in CONTROLS})
+        print(
+            f"\ncontrols: {teacher} (the teacher's part is measured on it) with a permuted-label "
+            "and a neutral teacher",
+            flush=True,
+        )
         more, more_failed = final_retrain(
             controls,
             data_cfg,
@@ -663,6 +673,21 @@ def distinct_runs(configs: dict[str, dict], uniform_bank: bool) -> tuple[dict, d
             seen[key] = name
             runs[name] = cfg
     return runs, same
+
+
+def best_teacher_trial(rows: list[dict], metric: str, mode: str) -> dict | None:
+    """The best trial (full schedules first) that reads the teacher on the pool."""
+    key, sign = "best_" + metric, (-1 if mode == "max" else 1)
+    ok = [
+        r
+        for r in rows
+        if r["error"] is None
+        and key in r
+        and r["config"].get("algorithm") in POOL_ALGORITHMS
+        and r["config"].get("algorithm") not in TEACHER_FREE
+    ]
+    ok.sort(key=lambda r: (not r.get("full", True), sign * r[key]))
+    return ok[0] if ok else None
 
 
 def teacher_candidate(final: dict, configs: dict, verdict: dict | None, mode: str) -> str | None:
