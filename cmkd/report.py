@@ -28,15 +28,28 @@ from pathlib import Path
 
 from cmkd import cli
 from cmkd.study import STUDY_FILE, export_study, load_sweep, to_study
+from cmkd.verdict import attribution_sentence
 
 # Files the report reads; a remote sweep's checkpoints and W&B folders are not downloaded.
 WANTED = ("results.json", "best.yaml", "params.json", "progress.csv", "result.json")
 ROLE_COLOURS = {"reference-ce": "black", "reference-ucmkd": "tab:gray"}
-FINAL_ORDER = ("winner", "reference-ce", "reference-ucmkd")
+FINAL_ORDER = (
+    "winner",
+    "reference-ce",
+    "reference-ucmkd",
+    "reference-ssl_only",
+    "reference-ssl_prior",
+    "control-permuted",
+    "control-neutral",
+)
 FINAL_LABELS = {
     "winner": "winner",
     "reference-ce": "no distillation (ce)",
     "reference-ucmkd": "UCMKD reference defaults",
+    "reference-ssl_only": "the pool, no teacher (ssl_only)",
+    "reference-ssl_prior": "the pool, the bank's class prior (ssl_prior)",
+    "control-permuted": "control: permuted-label teacher",
+    "control-neutral": "control: neutral teacher",
 }
 
 
@@ -147,10 +160,15 @@ def final_table(sweep: dict) -> tuple[list[str], list[list], list[str]]:
     results = sweep["results"] or {}
     final = results.get("final") or {}
     verdict = results.get("verdict")
-    cols = ["config", "test acc", "via teacher head", "val acc", "seeds", "test acc per seed"]
+    cols = [
+        "config", "test acc", "test balanced acc", "via teacher head", "val acc", "seeds",
+        "test acc per seed",
+    ]  # fmt: skip
     rows, lines = [], []
     if verdict and verdict.get("sentence"):
         lines.append(verdict["sentence"])
+        if results.get("attribution"):
+            lines.append(attribution_sentence(results["attribution"], sweep["metric"]))
         for name, c in (verdict.get("candidates") or {}).items():
             v, t = c["val"], c["test"]
             if v["n"] > 1:
@@ -166,6 +184,7 @@ def final_table(sweep: dict) -> tuple[list[str], list[list], list[str]]:
             [
                 final_label(results, name),
                 _pm(e["test_acc_mean"], e["test_acc_std"]),
+                _pm(e["test_bacc_mean"], e["test_bacc_std"]) if "test_bacc_mean" in e else "",
                 _pm(e["test_acc_teacher_head_mean"], e["test_acc_teacher_head_std"]),
                 _pm(e["val_acc_mean"], e["val_acc_std"]),
                 len(e["runs"]),
