@@ -115,6 +115,8 @@ def nothing_written(folder: Path) -> None:
         (["--set", "w_fa=["], "--set"),
         (["--benchmark", "../nowhere"], "--benchmark"),
         (["--config", "missing.yaml"], "--config"),
+        (["--unlabelled", "-3"], "--unlabelled"),
+        (["--unlabelled", "x"], "--unlabelled"),
         (["--bogus"], "--bogus"),
     ],
 )
@@ -353,3 +355,16 @@ def test_submit_sweep_names_parse_or_are_refused(command, name, capsys):
     parsed = parses_or_refuses(capsys, submit.parse_args, [command, "--", name], "NAME")
     ok = SWEEP_NAME.fullmatch(name) is not None and ".." not in name
     assert (parsed is not None) == ok
+
+
+@PROPERTY
+@given(value=VALUES)
+def test_unlabelled_parses_or_is_refused_by_train_and_tune(value, capsys):
+    from cmkd import train, tune
+
+    for parse in (lambda a: train.check_args(a)[1].data.unlabelled,
+                  lambda a: tune.parse_args(a).unlabelled):  # fmt: skip
+        got = parses_or_refuses(capsys, parse, ["--unlabelled", value], "--unlabelled")
+        if got is not None:
+            assert got == "all" or whole(0)(got)
+            assert got == ("all" if value == "all" else int(value))
