@@ -528,9 +528,9 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             resources=resources,
             storage=f"{path}/final-runs",
         )
-        for name, target in same.items():  # the same run under another name: trained once
+        for alias, target in same.items():  # the same run under another name: trained once
             if target in final:
-                final[name] = {**final[target], "config": configs[name], "same_run_as": target}
+                final[alias] = {**final[target], "config": configs[alias], "same_run_as": target}
     verdict = decide(final, space.mode) if final else None
     teacher = teacher_candidate(final, configs, verdict, space.mode) if pool else None
     controls = {}
