@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.publish import publish
-from cmkd.config import DataConfig, DistillConfig
+from cmkd.config import VAL_PER_CLASS, DataConfig, DistillConfig
 from cmkd.space import load_space
 from cmkd.train import fit, load_run_data
 from cmkd.verdict import paired
@@ -47,9 +47,11 @@ from cmkd.verdict import paired
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 SPACE = "pool"
-# key: (benchmark, student, teacher, labels per class, can the teacher help?)
+# key: (benchmark, student, teacher, labels per class, can the teacher help?[, validation rows
+# per class, default 10])
 REGIMES = {
     "sonified 5": ("sonified", None, None, 5, True),
+    "sonified 5, 25 val": ("sonified", None, None, 5, True, 25),
     "sonified-lt 5": ("sonified-lt", None, None, 5, True),
     "sonified-lt 2": ("sonified-lt", None, None, 2, True),
     "avdigits+pool 5": ("avdigits", "audio", "image", 5, False),
@@ -71,15 +73,21 @@ ROWS = {
 KD = {"algorithm": "kd_unpaired", "kd_temperature": 4.0, "kd_alpha": 0.9, "readout": "student"}
 
 
+def val_per_class(regime: str) -> int:
+    return REGIMES[regime][5] if len(REGIMES[regime]) > 5 else VAL_PER_CLASS
+
+
 def sweep(regime: str, args) -> dict:
     """The regime's sweep results (run now unless runs/quality/ holds them already)."""
-    bench, student, teacher, lpc, _ = REGIMES[regime]
-    name = f"quality-{bench}-{lpc}lpc"
+    bench, student, teacher, lpc, _ = REGIMES[regime][:5]
+    vpc = val_per_class(regime)
+    name = f"quality-{bench}-{lpc}lpc" + (f"-{vpc}val" if vpc != VAL_PER_CLASS else "")
     results = args.storage / name / "results.json"
     if not results.is_file():
         cmd = [
             sys.executable, "-m", "cmkd.tune", "--space", SPACE, "--benchmark", bench,
             "--labels-per-class", str(lpc), "--num-samples", str(args.num_samples),
+            "--val-per-class", str(vpc),
             "--storage", str(args.storage), "--name", name, "--wandb", "disabled",
             "--data-root", str(args.data_root),
             *(["--student", student, "--teacher", teacher] if student else []),
@@ -106,7 +114,7 @@ def train_seeds(cfg: dict, data, data_cfg: DataConfig, seeds: list[int]) -> list
 def run_regime(regime: str, args) -> dict:
     t0 = time.perf_counter()
     out = sweep(regime, args)
-    bench, student, teacher, lpc, _ = REGIMES[regime]
+    bench, student, teacher, lpc, _ = REGIMES[regime][:5]
     final, verdict = out["final"], out["verdict"]
     seeds = out["final_seeds"]
     rows = {}
@@ -125,6 +133,7 @@ def run_regime(regime: str, args) -> dict:
             student=student,
             teacher=teacher,
             labels_per_class=lpc_row,
+            val_per_class=val_per_class(regime),
             data_root=str(args.data_root),
         )
         data = load_run_data(data_cfg, log=lambda *_: None)
@@ -187,8 +196,7 @@ PARTS = (  # name, a, b: paired a − b over the seeds
 def targets(cache: dict) -> list[str]:
     """Each target, met or missed and by how much, where its regime was run."""
     out = []
-    key = "sonified 5"
-    if key in cache:
+    for key in (k for k in cache if k.startswith("sonified 5")):
         r = cache[key]["rows"]
         ce, full, rec = (
             mean(r["CE (augmented)"]),
@@ -198,7 +206,8 @@ def targets(cache: dict) -> list[str]:
         need = max(ce + 5.0, ce + 0.5 * (full - ce))
         verdict = "met" if rec >= need else f"MISSED by {need - rec:.1f} points"
         out.append(
-            f"- sonified, 5 labels per class: recommendation {rec:.1f} against CE {ce:.1f} and "
+            f"- {key} (labels per class, validation rows per class: 10 unless said): "
+            f"recommendation {rec:.1f} against CE {ce:.1f} and "
             f"full-label {full:.1f}; the target (≥ +5 and ≥ half the gap) is {need:.1f}: "
             f"**{verdict}**."
         )

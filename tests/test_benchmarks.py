@@ -61,6 +61,7 @@ def test_quality_targets_say_met_or_missed_and_by_how_much():
     }
     text = "\n".join(quality.targets(cache))
     assert "the target (≥ +5 and ≥ half the gap) is 70.0: **MISSED by 14.0 points**" in text
+    assert text.startswith("- sonified 5 (labels per class")
     # teacher's part: sonified-lt 53 − 50 = +3.0 (met); features 53 − 54 = −1.0 (below −0.5)
     assert "best +3.0 (sonified-lt 5): **met**" in text
     assert "**MISSED** in sonified-lt 5 (-1.0)" in text and "best +1.0 (sonified 5)" in text
