@@ -356,7 +356,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(2)  # the cores this machine has
     cache = json.loads(args.cache.read_text()) if args.cache.is_file() else {}
-    cache = {k: v for k, v in cache.items() if k in REGIMES}  # earlier formats are dropped
+    # regimes cached in an earlier format (before the pool) are dropped
+    cache = {k: v for k, v in cache.items() if k in REGIMES and "recommendation" in v}
     for regime in [] if args.report_only else args.regimes:
         if regime in cache and not args.force:
             print(f"{regime}: cached, skipped (--force redoes it)", flush=True)
