@@ -329,3 +329,13 @@ def test_attribution_splits_the_teachers_part_into_prior_and_features():
     assert math.isfinite(parts["features"]["test_bacc"]["mean"])
     no_teacher = attribute(final, None)["parts"]
     assert "features" not in no_teacher and "teacher" not in no_teacher and "prior" in no_teacher
+
+
+def test_ucmkd_pool_with_every_teacher_term_off_is_ssl():
+    """The search can switch the teacher off inside ucmkd_pool: with FA, LA and the OT at 0 and
+    the student's own pseudo-labels, a step is exactly ssl's."""
+    a = _step_batch(seed=3)
+    off = dict(w_fa=0.0, w_la=0.0, w_uot=0.0, pl_source="student", w_prior=0.5)
+    assert torch.equal(_after_step("ssl", a, w_prior=0.5), _after_step("ucmkd_pool", a, **off))
+    on = {**off, "pl_source": "teacher_head"}
+    assert not torch.equal(_after_step("ssl", a, w_prior=0.5), _after_step("ucmkd_pool", a, **on))
