@@ -46,9 +46,13 @@ learning rate or augmentation, ssl with other pseudo-label settings); the best m
 validation stands for the reference in the final retrain, tuned as the teacher's terms are."""
 
 
-def family_best(rows: list[dict], role: str, metric: str, mode: str) -> dict | None:
-    """The best row of a reference's family (full schedules first), or the reference's own row."""
-    want = FAMILIES.get(role)
+def family_best(
+    rows: list[dict], role: str, metric: str, mode: str, ignore: tuple[str, ...] = ()
+) -> dict | None:
+    """The best row of a reference's family (full schedules first), or the reference's own row.
+    Keys in ``ignore`` do not define the family (``prior`` when the bank's class histogram is
+    uniform: then both priors are the same and ssl_only and ssl_prior are one family)."""
+    want = {k: v for k, v in FAMILIES.get(role, {}).items() if k not in ignore} or None
     key, sign = "best_" + metric, (-1 if mode == "max" else 1)
 
     def member(r: dict) -> bool:

@@ -505,8 +505,11 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     # on seeds none of them was searched with; the verdict is decided on paired seeds.
     # A tunable reference (ce, ssl_only, ssl_prior) is stood for by the best of its family.
     configs = {row_name(r): r["config"] for r in top}
+    balanced = uniform_histogram(data.bank.y)
     for role in dict.fromkeys(r["role"] for r in rows if r["role"] != "search"):
-        best = family_best(rows, role, space.metric, space.mode)
+        best = family_best(
+            rows, role, space.metric, space.mode, ignore=("prior",) if balanced else ()
+        )
         if best is not None:
             configs.setdefault(role, best["config"])
     final, final_failed, seeds = {}, {}, fresh_seeds(rows, args.final_seeds)
@@ -516,7 +519,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             f"and the references with fresh seeds {seeds} on the full schedule",
             flush=True,
         )
-        runs, same = distinct_runs(configs, uniform_bank=uniform_histogram(data.bank.y))
+        runs, same = distinct_runs(configs, uniform_bank=balanced)
         final, final_failed = final_retrain(
             runs,
             data_cfg,

@@ -339,3 +339,25 @@ def test_ucmkd_pool_with_every_teacher_term_off_is_ssl():
     assert torch.equal(_after_step("ssl", a, w_prior=0.5), _after_step("ucmkd_pool", a, **off))
     on = {**off, "pl_source": "teacher_head"}
     assert not torch.equal(_after_step("ssl", a, w_prior=0.5), _after_step("ucmkd_pool", a, **on))
+
+
+def test_reference_families_stand_for_their_best_member():
+    from cmkd.leaderboard import family_best
+
+    def row(role, val, full=True, **cfg):
+        return {"role": role, "config": cfg, "error": None, "best_val_acc": val, "full": full}
+
+    rows = [
+        row("reference-ssl_only", 0.60, algorithm="ssl", prior="uniform"),
+        row("reference-ssl_prior", 0.62, algorithm="ssl", prior="bank"),
+        row("search", 0.70, algorithm="ssl", prior="uniform", w_pl=2.0),
+        row("search", 0.90, full=False, algorithm="ssl", prior="bank"),  # cut short by ASHA
+        row("search", 0.95, algorithm="ucmkd_pool"),
+        row("reference-ce", 0.50, algorithm="ce"),
+    ]
+    best = lambda role, **kw: family_best(rows, role, "val_acc", "max", **kw)  # noqa: E731
+    assert best("reference-ssl_only")["config"].get("w_pl") == 2.0
+    assert best("reference-ssl_prior")["best_val_acc"] == 0.62  # full schedules first
+    assert best("reference-ce")["best_val_acc"] == 0.50
+    # a balanced bank: the two priors are one, and so are the two families
+    assert best("reference-ssl_prior", ignore=("prior",))["config"].get("w_pl") == 2.0
