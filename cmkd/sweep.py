@@ -513,15 +513,11 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         if best is not None:
             configs.setdefault(role, best["config"])
     final, final_failed, seeds = {}, {}, fresh_seeds(rows, args.final_seeds)
-    if args.final_seeds > 0:
-        print(
-            f"\nfinal stage: retraining the top {len(top)} ({', '.join(row_name(r) for r in top)}) "
-            f"and the references with fresh seeds {seeds} on the full schedule",
-            flush=True,
-        )
-        runs, same = distinct_runs(configs, uniform_bank=balanced)
-        final, final_failed = final_retrain(
-            runs,
+
+    def retrain(named: dict[str, dict]) -> tuple[dict, dict]:
+        """The named configs on the final seeds, with the trials' own recipe."""
+        return final_retrain(
+            named,
             data_cfg,
             seeds,
             payload_ref,
@@ -531,6 +527,15 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             resources=resources,
             storage=f"{path}/final-runs",
         )
+
+    if args.final_seeds > 0:
+        print(
+            f"\nfinal stage: retraining the top {len(top)} ({', '.join(row_name(r) for r in top)}) "
+            f"and the references with fresh seeds {seeds} on the full schedule",
+            flush=True,
+        )
+        runs, same = distinct_runs(configs, uniform_bank=balanced)
+        final, final_failed = retrain(runs)
         for alias, target in same.items():  # the same run under another name: trained once
             if target in final:
                 final[alias] = {**final[target], "config": configs[alias], "same_run_as": target}
@@ -551,17 +556,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             "and a neutral teacher",
             flush=True,
         )
-        more, more_failed = final_retrain(
-            controls,
-            data_cfg,
-            seeds,
-            payload_ref,
-            train_ref,
-            cpus=min(1.0, cluster.get("CPU", 1)),
-            metric=space.metric,
-            resources=resources,
-            storage=f"{path}/final-runs",
-        )
+        more, more_failed = retrain(controls)
         final.update(more)
         final_failed.update(more_failed)
     attribution = attribute(final, teacher, space.mode) if pool and final else None
