@@ -3,7 +3,7 @@
 Two uses: every algorithm may augment its labelled batches the same way (so that what
 augmentation alone gives is never credited to distillation), and the pool algorithms need a
 weak and a strong view of each unlabelled row (FixMatch, Sohn et al. 2020). Three kinds of row:
-log-mel spectrograms (time shift, gain, SpecAugment masks, Park et al. 2019), images (shift,
+log-mel spectrograms (time and band shifts, gain, SpecAugment masks, Park et al. 2019), images (shift,
 cutout, DeVries & Taylor 2017) and feature vectors (noise, dropout). Every row gets its own
 draw and everything is vectorised over the batch. ``magnitude`` scales every change (shift,
 gain, masks, noise, dropout); 1 is the default strength.
@@ -145,14 +145,18 @@ def _band_masks(b: int, size: int, longest: int, count: int, draw: _Draws) -> Te
 def _spectrogram(x: Tensor, strong: bool, m: float, draw: _Draws) -> Tensor:
     b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
     std = _row_stat(x, "std")
+    low = _row_stat(x, "min")
     reach = round(m * 0.1 * w)
-    out = _shift_last(x, draw.integers(-reach, reach, b), x.dim() - 1, _row_stat(x, "min"))
+    out = _shift_last(x, draw.integers(-reach, reach, b), x.dim() - 1, low)
+    # a shift across the bands: another speaker's pitch (2 of 32 log-mel bands: ~3 semitones)
+    reach = round(m * 0.06 * h)
+    out = _shift_last(out, draw.integers(-reach, reach, b), x.dim() - 2, low)
     gain = (2.0 * draw.uniform(b) - 1.0).to(x.dtype).view_as(std) * (m * 0.1) * std
     out = out + gain
     if not strong:
         return out
     out = out + m * 0.05 * std * draw.normal(*x.shape)
-    fill = _row_stat(out, "mean")
+    fill = _row_stat(x, "mean") + gain  # the row's own level, not the shifts' fill
     frames = _band_masks(b, w, round(m * 0.15 * w), 2, draw)  # (B, W)
     bands = _band_masks(b, h, round(m * 0.15 * h), 2, draw)  # (B, H)
     lead = [1] * (x.dim() - 3)

@@ -88,6 +88,9 @@ class DistillConfig(BaseModel):
     """Student optimizer."""
     lr: float = Field(1e-3, gt=0.0, lt=10.0)
     """Student learning rate."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """The learning rate over the run: constant, or cosine decay from ``lr`` to 0 at the last
+    step (the last epochs settle instead of wandering, so the best epoch is less of a draw)."""
     weight_decay: float = Field(1e-2, ge=0.0, lt=1.0)
     """Student weight decay."""
     batch_size: int = Field(64, ge=2, le=65_536)

@@ -1,6 +1,8 @@
 """Before a sweep: is distillation from this teacher likely to help this student?
 
-    python -m cmkd.diagnose --benchmark synth
+    python -m cmkd.diagnose                                  # sonified, with its pool
+    python -m cmkd.diagnose --control permuted               # its permuted-label teacher
+    python -m cmkd.diagnose --benchmark synth --unlabelled 0
     python -m cmkd.diagnose --benchmark avdigits --teacher image --student audio --labels-per-class 5
 
 The paper bounds the student's error by the teacher's error plus a feature-alignment term (how
@@ -9,7 +11,11 @@ label-alignment term (how well the teacher head reads the student's features). D
 only help when both can be made small, i.e. when the class structure the teacher's features
 encode is one the student's modality also shows. This command estimates both in minutes:
 
-1. a student encoder is warmed up briefly with cross-entropy on its few labels;
+1. a student encoder is warmed up briefly with cross-entropy on its few labels; when the
+   benchmark has an unlabelled pool of the student's modality, it learns the pool too, with no
+   teacher (``ssl``: its own confident pseudo-labels aligned to a uniform class prior, strong
+   augmentation), since that is the student the teacher's pool terms start from, and a CE-only
+   warm-up beside it says what the pool alone gives;
 2. its features are mapped into the teacher's feature space by the best rotation and scale
    (orthogonal Procrustes) fitted on the *labelled* class means only;
 3. on the student's validation split, FA is the class-conditional debiased Sinkhorn divergence
@@ -20,7 +26,9 @@ encode is one the student's modality also shows. This command estimates both in 
    shuffled class correspondence) are the reference: with a random correspondence a rotation
    still aligns some of the geometry, so what matters is how far the true correspondence does
    better. The teacher's own between-class divergence and a random-init student are printed
-   as scales too.
+   as scales too. With a pool, a third quantity: how often the teacher head's reading of the
+   mapped pool rows agrees with the student's own prediction (what the teacher's pseudo-labels
+   would be worth), against the same shuffled correspondences.
 
 Verdict: "likely to help" when both FA and LA are clearly better under the true correspondence
 than under shuffled ones, "unlikely" when neither is, "unclear" otherwise. The maths here knows
@@ -32,7 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +49,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cmkd import cli, losses
+from cmkd.bank import control_bank
 from cmkd.config import ConfigError, DataConfig, DistillConfig
 from cmkd.methods import evaluate, teacher_head_logits
-from cmkd.train import Run, RunData, check_benchmark, load_run_data
+from cmkd.train import BUILTIN, Run, RunData, check_benchmark, load_run_data
 
 Z_HELPS = 2.0
 """How many standard deviations of the shuffled-correspondence reference a quantity must beat."""
@@ -97,6 +106,8 @@ def alignment(
     *,
     perm: Tensor | None = None,
     epsilon: float = 0.1,
+    z_pool: Tensor | None = None,
+    logits_pool: Tensor | None = None,
 ) -> dict[str, float]:
     """The two quantities for one class correspondence (teacher labels ``y_t``).
 
@@ -106,7 +117,9 @@ def alignment(
     space: ``perm[j]`` (C,) is the student class matched to the teacher head's class j
     (identity when None), so y_t = perm[teacher label]. Returns fa_sinkhorn, fa_mmd
     (class-conditional, normalised features), la_acc (teacher head on the mapped features),
-    la_kl (KL(h_t reading ‖ student head), nats).
+    la_kl (KL(h_t reading ‖ student head), nats); with unlabelled pool features z_pool (P, D)
+    and their student-head logits (P, C), pool_agree: the share of pool rows where the teacher
+    head's reading of the mapped feature is the student's own prediction.
     """
     sim = procrustes(class_means(z_fit, y_fit, num_classes), class_means(z_t, y_t, num_classes))
     mapped = sim(z_s)
@@ -114,18 +127,28 @@ def alignment(
         mapped, z_t, y_s=y_s, y_t=y_t, class_conditional=True, epsilon=epsilon
     )
     fa_m = losses.mmd(mapped, z_t, y_s=y_s, y_t=y_t, class_conditional=True)
-    read = teacher_head_logits(h_t, mapped)  # (N, C), in the teacher head's class order
-    if perm is not None:  # column perm[j] of the student's order is the head's class j
-        read = read[:, torch.argsort(perm)]
+    read = _read(h_t, mapped, perm)
     kl = F.kl_div(
         F.log_softmax(logits_s, -1), F.log_softmax(read, -1), log_target=True, reduction="batchmean"
     )
-    return {
+    out = {
         "fa_sinkhorn": float(fa_s.detach()),
         "fa_mmd": float(fa_m.detach()),
         "la_acc": float((read.argmax(-1) == y_s).float().mean()),
         "la_kl": float(kl.detach()),
     }
+    if z_pool is not None and logits_pool is not None:
+        agree = _read(h_t, sim(z_pool), perm).argmax(-1) == logits_pool.argmax(-1)
+        out["pool_agree"] = float(agree.float().mean())
+    return out
+
+
+def _read(h_t: torch.nn.Module, mapped: Tensor, perm: Tensor | None) -> Tensor:
+    """The teacher head's logits of mapped features, columns in the student's class order."""
+    read = teacher_head_logits(h_t, mapped)  # (N, C), in the teacher head's class order
+    if perm is not None:  # column perm[j] of the student's order is the head's class j
+        read = read[:, torch.argsort(perm)]
+    return read
 
 
 @dataclass
@@ -152,6 +175,12 @@ class Diagnosis:
     """The warmed-up student's own head on its validation split."""
     z: dict[str, float] = field(default_factory=dict)
     """(true − shuffled mean) / shuffled std for each quantity."""
+    warmup: str = "ce"
+    """The warm-up's algorithm: ce, or ssl when the student learnt its unlabelled pool."""
+    pool_rows: int = 0
+    """Unlabelled pool rows measured (0: no pool)."""
+    ce_val_acc: float | None = None
+    """With a pool: the val accuracy of the same warm-up without the pool (CE only)."""
     verdict: str = ""
     reasons: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -183,6 +212,21 @@ def _bank_subset(data: RunData, per_class: int, seed: int) -> tuple[Tensor, Tens
     return torch.tensor(data.bank.z[idx]), torch.tensor(y[idx])
 
 
+def warmup_config(
+    data: RunData, *, epochs: int, steps_per_epoch: int, batch_size: int, lr: float, seed: int
+) -> DistillConfig:
+    """The warm-up: CE on the labels, or with a pool the teacher-free pool recipe (ssl, uniform
+    prior, strong augmentation), so the student measured is the one pool terms start from."""
+    common = dict(
+        epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, seed=seed
+    )
+    if data.x_pool is None:
+        return DistillConfig(algorithm="ce", **common)
+    return DistillConfig(
+        algorithm="ssl", prior="uniform", augment="strong", pool_batch=2 * batch_size, **common
+    )
+
+
 def diagnose(
     data: RunData,
     data_cfg: DataConfig | None = None,
@@ -194,14 +238,15 @@ def diagnose(
     permutations: int = 20,
     bank_per_class: int = 100,
     eval_rows: int = 2000,
+    pool_rows: int = 2000,
     seed: int = 0,
     log=print,
 ) -> Diagnosis:
     """Estimate feature and label alignment for ``data`` (see the module docstring)."""
     t0 = time.perf_counter()
     c = data.meta.num_classes
-    cfg = DistillConfig(
-        algorithm="ce",
+    cfg = warmup_config(
+        data,
         epochs=warmup_epochs,
         steps_per_epoch=steps_per_epoch,
         batch_size=batch_size,
@@ -212,18 +257,30 @@ def diagnose(
     run = Run(cfg, data, data_cfg)
     for _ in range(warmup_epochs):
         m = run.run_epoch()
-    log(f"CE warm-up: {warmup_epochs} epochs, student val acc {m['val_acc']:.3f}")
+    log(f"{cfg.algorithm} warm-up: {warmup_epochs} epochs, student val acc {m['val_acc']:.3f}")
+    ce_val_acc = None
+    if cfg.algorithm != "ce":  # what the pool alone gives: the same warm-up without it
+        ce = Run(cfg.model_copy(update={"algorithm": "ce"}), data, data_cfg)
+        for _ in range(warmup_epochs):
+            m_ce = ce.run_epoch()
+        ce_val_acc = float(m_ce["val_acc"])
+        log(f"ce warm-up (no pool): student val acc {ce_val_acc:.3f}")
 
     x_val, y_val = data.x_val[:eval_rows], data.y_val[:eval_rows]
+    x_pool = None if data.x_pool is None else data.x_pool[:pool_rows]
     z_t, y_t = _bank_subset(data, bank_per_class, seed)
     h_t = data.bank.head
 
     def measure(r: Run, perm: np.ndarray | None = None) -> dict[str, float]:
         z_fit, _ = _features(r, data.x_train)
         z_s, logits_s = _features(r, x_val)
+        z_p, logits_p = (None, None) if x_pool is None else _features(r, x_pool)
         p = None if perm is None else torch.tensor(perm)
         y_teacher = y_t if p is None else p[y_t]
-        return alignment(z_fit, data.y_train, z_s, y_val, logits_s, z_t, y_teacher, h_t, c, perm=p)
+        return alignment(
+            z_fit, data.y_train, z_s, y_val, logits_s, z_t, y_teacher, h_t, c,
+            perm=p, z_pool=z_p, logits_pool=logits_p,
+        )  # fmt: skip
 
     true = measure(run)
     rng = np.random.default_rng(seed + 1)
@@ -257,6 +314,9 @@ def diagnose(
         teacher_head_acc=head_acc,
         student_val_acc=float(evaluate(run.student, h_t, x_val, y_val)["acc"]),
         z=z,
+        warmup=cfg.algorithm,
+        pool_rows=0 if x_pool is None else len(x_pool),
+        ce_val_acc=ce_val_acc,
     )
     d.verdict, d.reasons = verdict(d)
     d.seconds = time.perf_counter() - t0
@@ -278,6 +338,15 @@ def verdict(d: Diagnosis) -> tuple[str, list[str]]:
         f"{d.z['la_acc']:+.1f}; chance {100 / d.num_classes:.0f}%, teacher on its own features "
         f"{100 * d.teacher_head_acc:.1f}%)",
     ]
+    if "pool_agree" in d.true:
+        reasons.append(
+            f"the pool: the teacher head's reading of the mapped pool rows agrees with the "
+            f"student's own prediction on {100 * d.true['pool_agree']:.1f}% of {d.pool_rows} "
+            f"rows against {100 * d.shuffled_mean['pool_agree']:.1f}% ± "
+            f"{100 * d.shuffled_std['pool_agree']:.1f} for shuffled correspondences (z = "
+            f"{d.z['pool_agree']:+.1f}); the pool alone, with no teacher, took the student's val "
+            f"acc from {100 * d.ce_val_acc:.1f}% (CE) to {100 * d.student_val_acc:.1f}%"
+        )
     if fa_ok and la_ok:
         return "likely to help", reasons
     if not fa_ok and not la_ok:
@@ -291,15 +360,21 @@ def format_diagnosis(d: Diagnosis) -> str:
         ("FA: class-cond. MMD² ↓", "fa_mmd", 1, ".4f"),
         ("LA: teacher-head acc. (%) ↑", "la_acc", 100, ".1f"),
         ("LA: KL(h_t reading ‖ h_s) ↓", "la_kl", 1, ".3f"),
+        ("pool: h_t agrees with h_s (%) ↑", "pool_agree", 100, ".1f"),
     ]
     out = [
         f"benchmark {d.benchmark}: teacher {d.teacher} -> student {d.student}, "
-        f"{d.labels_per_class} labels per class, {d.num_classes} classes",
+        f"{d.labels_per_class} labels per class, {d.num_classes} classes; warm-up "
+        + (
+            "CE on the labels"
+            if d.warmup == "ce"
+            else f"{d.warmup} on the labels and {d.pool_rows} unlabelled pool rows (no teacher)"
+        ),
         "",
         "| quantity | warmed-up student | shuffled classes (mean ± std) | z | random-init student |",
         "|---|---:|---:|---:|---:|",
     ]
-    for label, k, mul, fmt in rows:
+    for label, k, mul, fmt in (r for r in rows if r[1] in d.true):
         out.append(
             f"| {label} | {mul * d.true[k]:{fmt}} | {mul * d.shuffled_mean[k]:{fmt}} ± "
             f"{mul * d.shuffled_std[k]:{fmt}} | {d.z[k]:+.1f} | {mul * d.random_init[k]:{fmt}} |"
@@ -321,7 +396,7 @@ def check_args(argv=None) -> tuple[argparse.Namespace, DataConfig]:
     """Parse and validate the command line, building nothing: a bad value exits 2 (cmkd.cli)."""
     p = cli.parser("python -m cmkd.diagnose", __doc__)
     p.add_argument(
-        "--benchmark", default="synth", help="synth, synth-nohelp, avdigits, or a built folder"
+        "--benchmark", default="sonified", help=f"{', '.join(BUILTIN)}, or a built folder"
     )
     p.add_argument("--teacher", help="teacher modality (default: the benchmark's first)")
     p.add_argument("--student", help="student modality (default: the benchmark's second)")
@@ -330,6 +405,20 @@ def check_args(argv=None) -> tuple[argparse.Namespace, DataConfig]:
         type=cli.labels_per_class,
         default=5,
         help="labelled student samples per class, or 'all'",
+    )
+    p.add_argument(
+        "--unlabelled",
+        type=cli.unlabelled,
+        default="all",
+        help="unlabelled pool rows the warm-up learns: a number, 'all' (default; none when the "
+        "benchmark has no pool) or 0 (a CE warm-up on the labels only)",
+    )
+    p.add_argument(
+        "--control",
+        choices=("real", "permuted", "neutral"),
+        default="real",
+        help="diagnose a control teacher instead: permuted (its class structure scrambled: "
+        "should read 'unlikely') or neutral (evenly spaced class clusters)",
     )
     p.add_argument("--warmup-epochs", type=cli.positive_int, default=10)
     p.add_argument("--steps-per-epoch", type=cli.positive_int, default=20)
@@ -348,6 +437,7 @@ def check_args(argv=None) -> tuple[argparse.Namespace, DataConfig]:
         teacher=args.teacher,
         student=args.student,
         labels_per_class=args.labels_per_class,
+        unlabelled=args.unlabelled,
         data_root=args.data_root,
     )
     return args, data_cfg
@@ -362,6 +452,9 @@ def main(argv=None) -> int:
         data = load_run_data(data_cfg, args.seed)
     except (ConfigError, ValueError, FileNotFoundError) as e:  # what only the data can tell
         return cli.error(str(e))
+    if args.control != "real":
+        bank = control_bank(data.bank, args.control, data.meta.num_classes)
+        data = replace(data, bank=bank)
     torch.manual_seed(args.seed)
     d = diagnose(
         data,

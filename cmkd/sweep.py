@@ -269,6 +269,17 @@ def fresh_seeds(rows: list[dict], n: int) -> list[int]:
     return out
 
 
+def pool_refs_note(pool: bool, balanced: bool) -> str:
+    if not pool:
+        return ""
+    if balanced:
+        return (
+            " (the pool: ssl_only among them; the bank's classes are balanced, so ssl_prior is "
+            "ssl_only)"
+        )
+    return " (the pool: ssl_only and ssl_prior among them)"
+
+
 def row_name(row: dict) -> str:
     return row["role"] if row["role"] != "search" else f"search-{row['trial_id']}"
 
@@ -424,11 +435,14 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         )
     max_epochs = space.max_epochs
     pool = data.x_pool is not None and any(a in POOL_ALGORITHMS for a in space.algorithms)
-    refs = references(space, pool)
+    balanced = uniform_histogram(data.bank.y)
+    all_refs = references(space, pool)
+    # On a balanced bank the bank's prior is the uniform one: ssl_prior is ssl_only, run once.
+    refs = [r for r in all_refs if not (balanced and r["role"] == "reference-ssl_prior")]
     budget = args.num_samples + len(refs)
     print(
         f"sweep {name!r}: {args.num_samples} searched + {len(refs)} reference trials"
-        f"{' (the pool: ssl_only and ssl_prior among them)' if pool else ''}, up to {concurrency} at "
+        f"{pool_refs_note(pool, balanced)}, up to {concurrency} at "
         f"once, {resources.workers} worker(s) x {resources.cpus_per_worker:g} CPU"
         f"{f' + {resources.gpus_per_worker:g} GPU' if resources.gpus_per_worker else ''} per trial; "
         f"storage {root}/{name}",
@@ -505,8 +519,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     # on seeds none of them was searched with; the verdict is decided on paired seeds.
     # A tunable reference (ce, ssl_only, ssl_prior) is stood for by the best of its family.
     configs = {row_name(r): r["config"] for r in top}
-    balanced = uniform_histogram(data.bank.y)
-    for role in dict.fromkeys(r["role"] for r in rows if r["role"] != "search"):
+    for role in (r["role"] for r in all_refs):
         best = family_best(
             rows, role, space.metric, space.mode, ignore=("prior",) if balanced else ()
         )
@@ -547,7 +560,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         if best is not None:
             teacher = row_name(best)
             configs[teacher] = controls[teacher] = best["config"]
-    if teacher is not None and args.final_seeds > 0:
+    if teacher is not None and args.final_seeds > 0 and args.controls:
         # Controls of the teacher's part: the same config with its class structure scrambled,
         # and with a neutral teacher (evenly spaced class clusters), on the same seeds.
         controls.update({f"control-{c}": {**configs[teacher], "teacher": c} for c in CONTROLS})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -402,6 +403,15 @@ class Run:
             )
         )
 
+    def _set_lr(self) -> None:
+        """The learning rate of the coming step (``lr_schedule``), from the steps done: the same
+        after a restore, since ``steps_done`` is checkpointed."""
+        if self.cfg.lr_schedule == "constant":
+            return
+        t = min(self.steps_done / max(self.total_steps, 1), 1.0)
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+
     def train_epoch(self) -> dict[str, float]:
         z_bank, logits_bank, y_bank = self.bank_t
         sums, steps, rows_seen = {}, 0, 0
@@ -413,6 +423,7 @@ class Run:
             batch = Batch(
                 x_s, y_s, z_t, y_t, logits_t, self._pool_batch() if self.uses_pool else None
             )
+            self._set_lr()
             self.steps_done += 1
             for k, v in self.step(self.student, self.h_t, self.opt, batch).items():
                 sums[k] = sums.get(k, 0.0) + v

@@ -1,6 +1,7 @@
 """Search distillation hyperparameters: Ray Tune + Optuna (TPE) + ASHA, Ray Train in every trial.
 
-    python -m cmkd.tune                                   # the default sweep on avdigits (laptop)
+    python -m cmkd.tune                                   # the default sweep: sonified + its pool
+    python -m cmkd.tune --benchmark avdigits              # where the teacher cannot help
     python -m cmkd.tune --space sinkhorn --benchmark synth --num-samples 40
     python -m cmkd.tune --name my-sweep --resume           # continue an interrupted sweep
     ray job submit -- python -m cmkd.tune --storage s3://bucket/sweeps --workers-per-trial 2 --gpus-per-worker 1
@@ -41,12 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = cli.parser("python -m cmkd.tune", __doc__)
     p.add_argument(
         "--space",
-        default="default",
-        help="search space: a name in search_spaces/ or a YAML path (default: default)",
+        default="auto",
+        help="search space: a name in search_spaces/ or a YAML path; auto (the default) is "
+        "'pool' when the student has an unlabelled pool (every built-in benchmark has one) and "
+        "--unlabelled is not 0, else 'default'",
     )
     p.add_argument(
         "--benchmark",
-        default="avdigits",
+        default="sonified",
         help="synth, synth-nohelp, avdigits, sonified, sonified-lt, or the folder of a built "
         "benchmark",
     )
@@ -125,6 +128,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--final-seeds", type=int, default=3, help="seeds of the final retrain (0: skip)"
     )
+    p.add_argument(
+        "--controls",
+        action="store_true",
+        help="with a pool: also retrain the teacher-reading candidate with a permuted-label and "
+        "a neutral teacher on the final seeds (what isolates the teacher's own part on a "
+        "benchmark; 6 more runs)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="override the space's epochs")
     p.add_argument(
         "--seed",
@@ -180,6 +190,23 @@ def check_flags(args) -> None:
             "with a letter or digit, has no '..' and at most 100 characters (it names one "
             "folder inside --storage)"
         )
+
+
+def auto_space(args) -> str:
+    """--space auto: the pool space when the student modality has an unlabelled pool to learn
+    from (every built-in benchmark builds one), else the default space; any other value as is."""
+    if args.space != "auto":
+        return args.space
+    if args.unlabelled == 0:
+        return "default"
+    folder = Path(args.benchmark)
+    if not (folder / "meta.json").is_file():  # a built-in (built with its pool) or an error later
+        return "pool"
+    from cmkd.data import has_pool, read_meta
+
+    modalities = read_meta(folder).modalities
+    student = args.student or (modalities[1] if len(modalities) > 1 else modalities[0])
+    return "pool" if has_pool(folder, student) else "default"
 
 
 def sweep_name(args) -> str:
@@ -300,6 +327,7 @@ def main(argv=None) -> int:
     try:
         from cmkd.space import SpaceError, load_space
 
+        args.space = auto_space(args)
         space = load_space(args.space)
         if args.epochs is not None:  # --epochs 0 is an error, not 'unset'
             DistillConfig.from_dict({"epochs": args.epochs}, source="--epochs")

@@ -90,6 +90,35 @@ def test_command_ranks_the_regimes_and_gives_verdicts(benches, tmp_path, capsys)
     for d in out.values():  # the references are on a sensible scale
         assert d["true"]["fa_sinkhorn"] < d["teacher_between_class"]
         assert 0 <= d["true"]["la_acc"] <= 1 and d["true"]["la_kl"] >= 0
+        # synth has a pool: the warm-up learnt it, and the CE-only warm-up is beside it
+        assert d["warmup"] == "ssl" and d["pool_rows"] == 10 * 40
+        assert 0 <= d["true"]["pool_agree"] <= 1 and 0 <= d["ce_val_acc"] <= 1
+        assert "pool_agree" in d["z"]
+    assert "| pool: h_t agrees with h_s" in printed and "the pool alone" in printed
+
+
+def test_permuted_teacher_and_no_pool(benches, tmp_path, capsys):
+    """A permuted-label teacher is one wrong correspondence: never 'likely to help', and the
+    teacher head reads the student worse than the real teacher does; --unlabelled 0 warms up
+    on the labels alone."""
+    out = {}
+    for name, extra in {
+        "real": [], "permuted": ["--control", "permuted"], "nopool": ["--unlabelled", "0"]
+    }.items():  # fmt: skip
+        js = tmp_path / f"{name}.json"
+        argv = [
+            "--benchmark", str(benches / "synth"), "--warmup-epochs", "5",
+            "--steps-per-epoch", "10", "--permutations", "12", "--json", str(js), *extra,
+        ]  # fmt: skip
+        assert dg.main(argv) == 0
+        out[name] = json.loads(js.read_text())
+    capsys.readouterr()
+    real, permuted, nopool = out["real"], out["permuted"], out["nopool"]
+    assert permuted["verdict"] != "likely to help", permuted["reasons"]
+    assert permuted["true"]["la_acc"] < real["true"]["la_acc"] - 0.1
+    assert permuted["score"] < real["score"] - 2
+    assert nopool["warmup"] == "ce" and nopool["pool_rows"] == 0
+    assert "pool_agree" not in nopool["true"] and nopool["ce_val_acc"] is None
 
 
 def test_bad_arguments_are_clear_errors(tmp_path, capsys):
@@ -97,3 +126,7 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     assert "not a built-in" in capsys.readouterr().err
     assert dg.main(["--labels-per-class", "five"]) == 2
     assert "--labels-per-class" in capsys.readouterr().err
+    assert dg.main(["--unlabelled", "some"]) == 2
+    assert "--unlabelled" in capsys.readouterr().err
+    assert dg.main(["--control", "shuffled"]) == 2
+    assert "--control" in capsys.readouterr().err

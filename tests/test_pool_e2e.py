@@ -44,19 +44,22 @@ def test_a_pool_sweep_runs_the_teacher_free_references_and_the_controls(tmp_path
         *(sys.executable, "-m", "cmkd.tune", "--space", str(space), "--benchmark", str(bench)),
         *("--storage", str(tmp_path / "runs"), "--name", "p", "--wandb", "disabled"),
         *("--labels-per-class", "3", "--val-per-class", "10", "--num-samples", "1"),
-        *("--unlabelled", "300", "--final-seeds", "2"),
+        *("--unlabelled", "300", "--final-seeds", "2", "--controls"),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "WANDB_"))}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "1 searched + 4 reference trials" in out and "unlabelled pool: 300 b rows" in out
+    # synth's bank is balanced: the bank prior is the uniform one, so ssl_prior is not searched
+    assert "1 searched + 3 reference trials" in out and "unlabelled pool: 300 b rows" in out
+    assert "ssl_prior is ssl_only" in out
     results = json.loads((tmp_path / "runs" / "p" / "results.json").read_text())
     roles = {t["role"] for t in results["trials"]}
-    assert {"reference-ce", "reference-ucmkd", "reference-ssl_only", "reference-ssl_prior"} <= roles
+    assert {"reference-ce", "reference-ucmkd", "reference-ssl_only"} <= roles
+    assert "reference-ssl_prior" not in roles
     final = results["final"]
     assert final["reference-ssl_only"]["config"]["algorithm"] == "ssl"
-    # synth's bank is balanced: the bank prior is the uniform one, trained once
+    # ... and in the final retrain it stands beside ssl_only, trained once
     assert final["reference-ssl_prior"]["runs"] == final["reference-ssl_only"]["runs"]
     assert any("same_run_as" in final[f"reference-ssl_{k}"] for k in ("only", "prior"))
     att = results["attribution"]

@@ -230,3 +230,29 @@ def test_every_numeric_flag_is_valid_or_one_error_line_naming_it(prebuilt, tmp_p
         assert not any(storage.iterdir()), (flag, value)
 
     check()
+
+
+def test_auto_space_follows_the_pool(tmp_path, synth):
+    """--space auto (the default) is the pool space when the student has an unlabelled pool:
+    a built-in benchmark (all build one) or a folder with {student}_unlabelled.parquet; the
+    default space without one, or with --unlabelled 0; a named space is kept."""
+    from cmkd.data.synth import build_synth
+
+    nopool = tmp_path / "nopool"
+    build_synth(nopool, "synth", train_per_class=5, val_per_class=2, test_per_class=2,
+                pool_per_class=0)  # fmt: skip
+
+    def space(*argv):
+        return tune.auto_space(tune.parse_args(list(argv)))
+
+    assert tune.parse_args([]).space == "auto" and tune.parse_args([]).benchmark == "sonified"
+    assert space() == "pool"
+    assert space("--benchmark", "avdigits") == "pool"
+    assert space("--benchmark", str(synth)) == "pool"
+    assert space("--benchmark", str(nopool)) == "default"
+    assert space("--unlabelled", "0") == "default"
+    assert space("--space", "smoke") == "smoke"
+    # the sweep's folder is named after the space it resolved to
+    args = tune.parse_args(["--benchmark", str(synth)])
+    args.space = tune.auto_space(args)
+    assert tune.sweep_name(args) == "synth-pool-5lpc-s0"
