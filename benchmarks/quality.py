@@ -50,9 +50,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 SPACE = "pool"
 # key: (benchmark, student, teacher, labels per class, can the teacher help?[, validation rows
-# per class, default 10])
+# per class, default 10[, epochs, default the space's]])
 REGIMES = {
     "sonified 5": ("sonified", None, None, 5, True),
+    "sonified 5, 30 epochs": ("sonified", None, None, 5, True, VAL_PER_CLASS, 30),
     "sonified 5, 25 val": ("sonified", None, None, 5, True, 25),
     "sonified-lt 5": ("sonified-lt", None, None, 5, True),
     "sonified-lt 2": ("sonified-lt", None, None, 2, True),
@@ -80,17 +81,30 @@ def val_per_class(regime: str) -> int:
     return REGIMES[regime][5] if len(REGIMES[regime]) > 5 else VAL_PER_CLASS
 
 
+def epochs(regime: str) -> int | None:
+    """The regime's --epochs (None: the space's own schedule)."""
+    return REGIMES[regime][6] if len(REGIMES[regime]) > 6 else None
+
+
+def schedule(regime: str) -> dict:
+    """The space's fixed settings with the regime's epochs: what every trial of its sweep ran."""
+    fixed = dict(load_space(SPACE).fixed)
+    return {**fixed, "epochs": epochs(regime)} if epochs(regime) else fixed
+
+
 def sweep(regime: str, args) -> dict:
     """The regime's sweep results (run now unless runs/quality/ holds them already)."""
     bench, student, teacher, lpc, _ = REGIMES[regime][:5]
     vpc = val_per_class(regime)
     name = f"quality-{bench}-{lpc}lpc" + (f"-{vpc}val" if vpc != VAL_PER_CLASS else "")
+    name += f"-{epochs(regime)}ep" if epochs(regime) else ""
     results = args.storage / name / "results.json"
     if not results.is_file():
         cmd = [
             sys.executable, "-m", "cmkd.tune", "--space", SPACE, "--benchmark", bench,
             "--labels-per-class", str(lpc), "--num-samples", str(args.num_samples),
-            "--val-per-class", str(vpc),
+            "--val-per-class", str(vpc), "--controls",
+            *(["--epochs", str(epochs(regime))] if epochs(regime) else []),
             "--storage", str(args.storage), "--name", name, "--wandb", "disabled",
             "--data-root", str(args.data_root),
             *(["--student", student, "--teacher", teacher] if student else []),
@@ -128,7 +142,7 @@ def run_regime(regime: str, args) -> dict:
             entry = (out.get("attribution") or {}).get("teacher")
         if entry is not None and entry in final:
             rows[row] = final[entry]["runs"]
-    fixed = {k: v for k, v in load_space(SPACE).fixed.items() if k != "readout"}
+    fixed = {k: v for k, v in schedule(regime).items() if k != "readout"}
     for row, lpc_row, cfg in (
         ("unpaired KD", lpc, {**fixed, **KD}),
         ("full-label (augmented)", "all", {**fixed, "algorithm": "ce", "readout": "student"}),

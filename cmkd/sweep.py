@@ -523,8 +523,8 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         best = family_best(
             rows, role, space.metric, space.mode, ignore=("prior",) if balanced else ()
         )
-        if best is not None:
-            configs.setdefault(role, best["config"])
+        if best is not None:  # even when the reference itself is a finalist: it stands for all
+            configs[role] = best["config"]
     final, final_failed, seeds = {}, {}, fresh_seeds(rows, args.final_seeds)
 
     def retrain(named: dict[str, dict]) -> tuple[dict, dict]:

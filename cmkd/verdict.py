@@ -159,6 +159,19 @@ def sentence(verdict: dict, final: dict[str, dict], metric: str, describe=lambda
         f"Distillation did not help here: no finalist beat no distillation by more than "
         f"{Z:g} standard errors over {len(base['runs'])} paired seeds on validation{near}; "
         f"best.yaml holds the no-distillation config{test}."
+        + (_resolution_note(cands[closest]["val"]) if closest is not None else "")
+    )
+
+
+def _resolution_note(d: dict) -> str:
+    """What the validation rows could resolve, when the closest gain was real-looking but small
+    next to its noise: the user's lever is more validation rows, not more seeds."""
+    if not d.get("rows") or not math.isfinite(d["se"]) or d["mean"] <= 0:
+        return ""
+    return (
+        f" With {d['rows']} validation rows a gain must exceed about {100 * Z * d['se']:.1f} "
+        f"points to be told from noise (this one: {100 * d['mean']:+.1f}); more validation rows "
+        "(--val-per-class) resolve smaller gains."
     )
 
 

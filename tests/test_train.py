@@ -1,6 +1,7 @@
 """A single distillation run end to end on a small synth benchmark built here."""
 
 import json
+import math
 
 import pytest
 
@@ -99,3 +100,34 @@ def test_readout_decides_which_head_scores_the_run(bench, readout):
         if "test_acc" in m:  # read through the same head as validation
             head = "teacher_head" if m["readout_teacher_head"] else "student_head"
             assert m["test_acc"] == m[f"test_acc_{head}"]
+
+
+def test_cosine_lr_decays_to_zero_and_resumes_where_it_was(bench):
+    """lr_schedule: cosine sets each step's rate from the steps done (lr at the first step,
+    half of it midway, near 0 at the last); a run restored from its state continues the
+    schedule, and constant leaves the rate alone."""
+    data = train.load_run_data(DataConfig(benchmark=str(bench), labels_per_class=3), seed=0)
+    cfg = DistillConfig(
+        algorithm="ce", epochs=4, steps_per_epoch=5, batch_size=8, lr=0.01, lr_schedule="cosine"
+    )
+    run = train.Run(cfg, data)
+    seen = []
+    step = run.step
+    run.step = lambda *a: (seen.append(run.opt.param_groups[0]["lr"]), step(*a))[1]
+    run.run_epoch()
+    run.run_epoch()
+    assert len(seen) == 10 and seen[0] == pytest.approx(0.01)
+    assert all(a > b for a, b in zip(seen, seen[1:], strict=False))
+    state = run.state_dict()
+    again = train.Run(cfg, data)
+    again.load_state_dict(state)
+    later = []
+    step2 = again.step
+    again.step = lambda *a: (later.append(again.opt.param_groups[0]["lr"]), step2(*a))[1]
+    again.run_epoch()
+    again.run_epoch()
+    assert later[0] == pytest.approx(0.005)  # step 10 of 20: halfway down
+    assert later[-1] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 19 / 20)))
+    constant = train.Run(cfg.model_copy(update={"lr_schedule": "constant"}), data)
+    constant.run_epoch()
+    assert constant.opt.param_groups[0]["lr"] == pytest.approx(0.01)
