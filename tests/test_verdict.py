@@ -92,3 +92,15 @@ def test_a_gain_carried_by_a_few_validation_rows_is_not_called_a_gain():
         for r in e["runs"]:
             r["val_rows"], r["val"] = rows, v
     assert decide(final)["status"] == "did_not_help"
+    # ... and the sentence says what 50 validation rows can resolve, and that more rows help
+    text = sentence(decide(final), final, "val_acc")
+    assert "With 50 validation rows a gain must exceed about" in text
+    assert "(this one: +6.0)" in text and "--val-per-class" in text
+
+
+def test_no_resolution_note_without_rows_or_without_a_gain():
+    final = {"reference-ce": entry([0.50, 0.60, 0.40]), "search-a": entry([0.48, 0.58, 0.38])}
+    text = sentence(decide(final), final, "val_acc")
+    assert (
+        text.startswith("Distillation did not help here") and "validation rows a gain" not in text
+    )
