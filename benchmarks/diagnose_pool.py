@@ -46,8 +46,7 @@ def run_case(bench: str, control: str, seeds: list[int], data_root: Path) -> lis
     for seed in seeds:
         data_cfg = DataConfig(benchmark=bench, labels_per_class=5, data_root=str(data_root))
         data = load_run_data(data_cfg, seed, log=lambda *_: None)
-        if control != "real":
-            data = replace(data, bank=control_bank(data.bank, control, data.meta.num_classes))
+        data = replace(data, bank=control_bank(data.bank, control, data.meta.num_classes))
         torch.manual_seed(seed)
         d = diagnose(data, data_cfg, seed=seed, log=lambda *_: None)
         print(f"{bench} ({control}) seed {seed}: {d.verdict}, score {d.score:+.1f}", flush=True)
@@ -62,10 +61,6 @@ def outcome(quality: dict, regime: str, part: str) -> str:
         return "not measured"
     t = p["test_acc"]
     return f"{100 * t['mean']:+.1f} ± {100 * t['std']:.1f} ({p['says']})"
-
-
-def pool_part(quality: dict, regime: str) -> str:
-    return outcome(quality, regime, "pool")
 
 
 def mean_sd(xs: list[float], mul: float = 1.0, fmt: str = ".1f") -> str:
@@ -109,7 +104,7 @@ def report(results: dict[str, list[dict]], quality: dict, args, minutes: float) 
         pool = mean_sd([d["student_val_acc"] for d in ds], 100)
         lines.append(
             f"| {name} | {verdicts} | {score} | {' | '.join(cells)} | {ce} → {pool} | "
-            f"{pool_part(quality, regime)} | {outcome(quality, regime, part)} |"
+            f"{outcome(quality, regime, 'pool')} | {outcome(quality, regime, part)} |"
         )
     return "\n".join(lines) + "\n"
 

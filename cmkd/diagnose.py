@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cmkd import cli, losses
-from cmkd.bank import control_bank
+from cmkd.bank import TEACHER_CONTROLS, control_bank
 from cmkd.config import ConfigError, DataConfig, DistillConfig
 from cmkd.methods import evaluate, teacher_head_logits
 from cmkd.train import BUILTIN, Run, RunData, check_benchmark, load_run_data
@@ -415,7 +415,7 @@ def check_args(argv=None) -> tuple[argparse.Namespace, DataConfig]:
     )
     p.add_argument(
         "--control",
-        choices=("real", "permuted", "neutral"),
+        choices=TEACHER_CONTROLS,
         default="real",
         help="diagnose a control teacher instead: permuted (its class structure scrambled: "
         "should read 'unlikely') or neutral (evenly spaced class clusters)",
@@ -452,9 +452,7 @@ def main(argv=None) -> int:
         data = load_run_data(data_cfg, args.seed)
     except (ConfigError, ValueError, FileNotFoundError) as e:  # what only the data can tell
         return cli.error(str(e))
-    if args.control != "real":
-        bank = control_bank(data.bank, args.control, data.meta.num_classes)
-        data = replace(data, bank=bank)
+    data = replace(data, bank=control_bank(data.bank, args.control, data.meta.num_classes))
     torch.manual_seed(args.seed)
     d = diagnose(
         data,
