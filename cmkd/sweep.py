@@ -564,11 +564,9 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         # Controls of the teacher's part: the same config with its class structure scrambled,
         # and with a neutral teacher (evenly spaced class clusters), on the same seeds.
         controls.update({f"control-{c}": {**configs[teacher], "teacher": c} for c in CONTROLS})
-        print(
-            f"\ncontrols: {teacher} (the teacher's part is measured on it) with a permuted-label "
-            "and a neutral teacher",
-            flush=True,
-        )
+    if controls and args.final_seeds > 0:  # the teacher's part is measured on the candidate
+        with_controls = " with a permuted-label and a neutral teacher" if args.controls else ""
+        print(f"\nthe teacher's part is measured on {teacher}{with_controls}", flush=True)
         more, more_failed = retrain(controls)
         final.update(more)
         final_failed.update(more_failed)
