@@ -50,11 +50,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 SPACE = "pool"
 # key: (benchmark, student, teacher, labels per class, can the teacher help?[, validation rows
-# per class, default 10[, epochs, default the space's]])
+# per class, default the space's (pool: 25)[, epochs, default the space's]])
 REGIMES = {
     "sonified 5": ("sonified", None, None, 5, True),
-    "sonified 5, 30 epochs": ("sonified", None, None, 5, True, VAL_PER_CLASS, 30),
-    "sonified 5, 25 val": ("sonified", None, None, 5, True, 25),
+    "sonified 5, 10 val": ("sonified", None, None, 5, True, 10),
+    "sonified 5, 10 val, 30 epochs": ("sonified", None, None, 5, True, 10, 30),
     "sonified-lt 5": ("sonified-lt", None, None, 5, True),
     "sonified-lt 2": ("sonified-lt", None, None, 2, True),
     "avdigits+pool 5": ("avdigits", "audio", "image", 5, False),
@@ -78,7 +78,10 @@ KD = {"algorithm": "kd_unpaired", "kd_temperature": 4.0, "kd_alpha": 0.9, "reado
 
 
 def val_per_class(regime: str) -> int:
-    return REGIMES[regime][5] if len(REGIMES[regime]) > 5 else VAL_PER_CLASS
+    """The regime's --val-per-class (default: what the space's sweep draws unless told)."""
+    if len(REGIMES[regime]) > 5:
+        return REGIMES[regime][5]
+    return load_space(SPACE).val_per_class or VAL_PER_CLASS
 
 
 def epochs(regime: str) -> int | None:
@@ -226,7 +229,7 @@ def targets(cache: dict) -> list[str]:
         need = max(ce + 5.0, ce + 0.5 * (full - ce))
         verdict = "met" if rec >= need else f"MISSED by {need - rec:.1f} points"
         out.append(
-            f"- {key} (labels per class, validation rows per class: 10 unless said): "
+            f"- {key} (labels per class; validation rows per class: 25 unless said): "
             f"recommendation {rec:.1f} against CE {ce:.1f} and "
             f"full-label {full:.1f}; the target (≥ +5 and ≥ half the gap) is {need:.1f}: "
             f"**{verdict}**."

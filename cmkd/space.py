@@ -37,7 +37,7 @@ from __future__ import annotations
 import difflib
 import math
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -53,7 +53,9 @@ SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 """Where :func:`load_space` finds a space given by bare name."""
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-_TOP_KEYS = ("description", "metric", "mode", "fixed", "params", "start", "finalists")
+_TOP_KEYS = (
+    "description", "metric", "mode", "fixed", "params", "start", "finalists", "val_per_class"
+)  # fmt: skip
 FINALISTS = 3
 """Default number of top candidates retrained on fresh seeds at the end of a sweep."""
 _PARAM_KEYS = (*DISTRIBUTIONS, "when", "log")
@@ -128,6 +130,9 @@ class SearchSpace:
     """Known-good points (searched parameters only) tried before the sampler's own proposals."""
     finalists: int = FINALISTS
     """Top candidates (references included) retrained on fresh seeds for the verdict."""
+    val_per_class: int | None = None
+    """Validation rows per class the sweep draws when --val-per-class is not given (None: the
+    data default). A space whose gains are a few points needs enough rows to resolve them."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -216,6 +221,8 @@ class SearchSpace:
             "params": {p.name: p.to_dict() for p in self.params},
             "finalists": self.finalists,
         }
+        if self.val_per_class is not None:
+            out["val_per_class"] = self.val_per_class
         if self.start:
             out["start"] = [dict(p) for p in self.start]
         return out
@@ -244,9 +251,15 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
             f"{src}: finalists: expected a whole number >= 1 of candidates to retrain, "
             f"got {finalists!r}"
         )
-    space = SearchSpace(src, description, metric, mode, fixed, params, (), finalists)
+    vpc = raw.get("val_per_class")
+    if vpc is not None and (isinstance(vpc, bool) or not isinstance(vpc, int) or vpc < 1):
+        raise SpaceError(
+            f"{src}: val_per_class: expected a whole number >= 1 of validation rows per class, "
+            f"got {vpc!r}"
+        )
+    space = SearchSpace(src, description, metric, mode, fixed, params, (), finalists, vpc)
     start = _parse_start(raw.get("start"), space, src)
-    return SearchSpace(src, description, metric, mode, fixed, params, start, finalists)
+    return replace(space, start=start)
 
 
 def _parse_start(start: Any, space: SearchSpace, src: str) -> tuple[dict[str, Any], ...]:

@@ -60,10 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--val-per-class",
-        default=str(VAL_PER_CLASS),
+        default=None,
         help="validation rows per class, drawn from the labelled train rows disjoint from the "
-        f"training labels, or 'split' for the benchmark's own validation table (default "
-        f"{VAL_PER_CLASS})",
+        "training labels, or 'split' for the benchmark's own validation table (default: the "
+        f"space's val_per_class (pool: 25), else {VAL_PER_CLASS}); more rows resolve smaller "
+        "gains",
     )
     p.add_argument(
         "--unlabelled",
@@ -334,6 +335,8 @@ def main(argv=None) -> int:
             if "epochs" in space.names:
                 raise ConfigError(f"--epochs: {space.path} searches epochs; drop one of the two")
             space = dataclasses.replace(space, fixed={**space.fixed, "epochs": args.epochs})
+        if args.val_per_class is None:
+            args.val_per_class = str(space.val_per_class or VAL_PER_CLASS)
         check_flags(args)
         if args.labels_per_class != "all" and (
             not args.labels_per_class.isdigit() or int(args.labels_per_class) < 1

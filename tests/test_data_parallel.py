@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from cmkd import methods
 from cmkd.models import build_student, freeze, linear_head
-from cmkd.train import SyncedOptimizer
+from cmkd.train import SyncedOptimizer, broadcast_from_rank0
 
 
 def free_port() -> int:
@@ -24,14 +24,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup(seed=0):
+SHAPES = {"mlp": (10,), "cnn": (1, 8, 8)}
+
+
+def setup(seed=0, kind="mlp"):
+    """A student (the CNN with channels-last weights, as cmkd.train.Run builds it), a teacher
+    head and one batch; the batch does not depend on ``seed``."""
     torch.manual_seed(seed)
-    student = build_student("mlp", (10,), 4, feature_dim=6, hidden=16)
+    extra = {"hidden": 16} if kind == "mlp" else {"width": 4}
+    student = build_student(kind, SHAPES[kind], 4, feature_dim=6, **extra)
+    student = student.to(memory_format=torch.channels_last)
     h_t = freeze(linear_head(6, 4))
     g = torch.Generator().manual_seed(1)
     y = torch.arange(16) % 4
     batch = methods.Batch(
-        torch.randn(16, 10, generator=g),
+        torch.randn(16, *SHAPES[kind], generator=g),
         y,
         torch.randn(16, 6, generator=g),
         y.clone(),
@@ -47,12 +54,14 @@ def half(batch, rank):
     )
 
 
-def rank_main(rank, port, algorithm, out):
+def rank_main(rank, port, algorithm, kind, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.set_num_threads(1)
-        student, h_t, batch = setup()
+        student, h_t, batch = setup(seed=rank, kind=kind)  # rank 1 starts elsewhere...
+        broadcast_from_rank0(student)  # ...and takes rank 0's start, as Run does
+        broadcast_from_rank0(h_t)  # in a run, every rank reads the same teacher bank
         student.eval()  # BatchNorm on half a batch differs from the full batch: compare without it
         opt = SyncedOptimizer(torch.optim.SGD(student.parameters(), lr=0.1), world=2)
         step = methods.make_step(
@@ -67,12 +76,14 @@ def rank_main(rank, port, algorithm, out):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("algorithm", ["ce", "ucmkd_sum"])
-def test_two_ranks_match_one_process_on_the_whole_batch(algorithm, tmp_path):
+@pytest.mark.parametrize(
+    "algorithm,kind", [("ce", "mlp"), ("ucmkd_sum", "mlp"), ("ucmkd_sum", "cnn")]
+)
+def test_two_ranks_match_one_process_on_the_whole_batch(algorithm, kind, tmp_path):
     out = str(tmp_path / "state")
-    mp.spawn(rank_main, args=(free_port(), algorithm, out), nprocs=2, join=True)
+    mp.spawn(rank_main, args=(free_port(), algorithm, kind, out), nprocs=2, join=True)
     r0, r1 = torch.load(out + ".0"), torch.load(out + ".1")
-    student, h_t, batch = setup()
+    student, h_t, batch = setup(kind=kind)
     student.eval()
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
     step = methods.make_step(

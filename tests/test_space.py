@@ -127,6 +127,14 @@ BAD = {
         "unknown top-level key 'param' (did you mean 'params'?)",
     ),
     "params missing": ("fixed: {epochs: 2}\n", "params: empty search space"),
+    "val_per_class not a count": (
+        "val_per_class: 2.5\n" + GOOD_PARAMS,
+        "val_per_class: expected a whole number >= 1 of validation rows per class, got 2.5",
+    ),
+    "val_per_class zero": (
+        "val_per_class: 0\n" + GOOD_PARAMS,
+        "val_per_class: expected a whole number >= 1 of validation rows per class, got 0",
+    ),
     "params empty": ("params: {}\n", "params: empty search space"),
     "params a list": ("params: [fa, w_fa]\n", "params: expected a mapping of parameter name"),
     "param not a field": (

@@ -256,3 +256,24 @@ def test_auto_space_follows_the_pool(tmp_path, synth):
     args = tune.parse_args(["--benchmark", str(synth)])
     args.space = tune.auto_space(args)
     assert tune.sweep_name(args) == "synth-pool-5lpc-s0"
+
+
+def test_validation_rows_default_to_the_space(tmp_path, capsys):
+    """--val-per-class unset: the space's val_per_class (pool: 25, enough to resolve a few
+    points), else 10; the flag wins over both."""
+    from cmkd.data.synth import build_synth
+    from cmkd.space import load_space
+
+    assert load_space("pool").val_per_class == 25 and load_space("default").val_per_class is None
+    bench = tmp_path / "synth"
+    build_synth(bench, "synth", train_per_class=32, val_per_class=2, test_per_class=2)
+
+    def val_per_class(*argv):
+        assert tune.main(["--benchmark", str(bench), *argv, "--check"]) == 0
+        out = capsys.readouterr().out  # "... student (N labelled, M validation rows) ..."
+        labelled, val = out.split(" labelled, ")[0].split("(")[-1], out.split(" labelled, ")[1]
+        return int(val.split()[0]) / (int(labelled) / 5)
+
+    assert val_per_class() == 25
+    assert val_per_class("--space", "default") == 10
+    assert val_per_class("--val-per-class", "4") == 4
