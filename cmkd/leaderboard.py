@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cmkd.config import DistillConfig
+from cmkd.config import POOL_ALGORITHMS, DistillConfig
 
 REFERENCE_UCMKD = {
     "algorithm": "ucmkd_sum",
@@ -38,6 +38,26 @@ def references(space, pool: bool = False) -> list[dict]:
     ucmkd = {**fixed, **REFERENCE_UCMKD, "role": "reference-ucmkd"}
     pool_refs = [{**fixed, **cfg, "role": role} for role, cfg in POOL_REFERENCES.items()]
     return [ce, ucmkd, *(pool_refs if pool else [])]
+
+
+def uniform_histogram(y) -> bool:
+    """Whether every class has as many rows as every other (a balanced teacher bank)."""
+    import numpy as np
+
+    counts = np.bincount(y)
+    return bool(counts.min() == counts.max())
+
+
+def sweep_references(space, data) -> tuple[list[dict], list[dict], bool, bool]:
+    """(every reference, those run as trials, pool, balanced) for a sweep of ``space`` on
+    ``data`` (a RunData): the pool references when the student has a pool and the space a pool
+    algorithm; on a balanced bank the bank's prior is the uniform one, so ssl_prior is ssl_only
+    and is not run as a trial of its own."""
+    pool = data.x_pool is not None and any(a in POOL_ALGORITHMS for a in space.algorithms)
+    balanced = uniform_histogram(data.bank.y)
+    every = references(space, pool)
+    run = [r for r in every if not (balanced and r["role"] == "reference-ssl_prior")]
+    return every, run, pool, balanced
 
 
 FAMILIES = {"reference-ce": {"algorithm": "ce"}, **POOL_REFERENCES}

@@ -18,8 +18,8 @@ from cmkd.leaderboard import (
     failure_reason,
     family_best,
     print_leaderboard,
-    references,
     summarise,
+    sweep_references,
 )
 from cmkd.placement import IdleGroupReaper
 from cmkd.searcher import canonical, make_searcher
@@ -434,11 +434,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             flush=True,
         )
     max_epochs = space.max_epochs
-    pool = data.x_pool is not None and any(a in POOL_ALGORITHMS for a in space.algorithms)
-    balanced = uniform_histogram(data.bank.y)
-    all_refs = references(space, pool)
-    # On a balanced bank the bank's prior is the uniform one: ssl_prior is ssl_only, run once.
-    refs = [r for r in all_refs if not (balanced and r["role"] == "reference-ssl_prior")]
+    all_refs, refs, pool, balanced = sweep_references(space, data)
     budget = args.num_samples + len(refs)
     print(
         f"sweep {name!r}: {args.num_samples} searched + {len(refs)} reference trials"
@@ -657,13 +653,6 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     if attribution:
         print(attribution_sentence(attribution, space.metric), flush=True)
     return 0
-
-
-def uniform_histogram(y) -> bool:
-    import numpy as np
-
-    counts = np.bincount(y)
-    return bool(counts.min() == counts.max())
 
 
 def distinct_runs(configs: dict[str, dict], uniform_bank: bool) -> tuple[dict, dict[str, str]]:

@@ -392,9 +392,12 @@ def main(argv=None) -> int:
     except (ConfigError, SpaceError, ValueError, FileNotFoundError) as e:
         return cli.error(str(e))
     if args.check:
+        from cmkd.leaderboard import sweep_references
+
+        refs = sweep_references(space, data)[1]
         print(
-            f"ok: sweep {name!r} in {root}: {args.num_samples} searched + 2 reference trials of "
-            f"{space.path}, {data.student} student ({len(data.y_train)} labelled, "
+            f"ok: sweep {name!r} in {root}: {args.num_samples} searched + {len(refs)} reference "
+            f"trials of {space.path}, {data.student} student ({len(data.y_train)} labelled, "
             f"{len(data.y_val)} validation rows) from the {data.teacher} teacher"
         )
         return 0

@@ -275,5 +275,10 @@ def test_validation_rows_default_to_the_space(tmp_path, capsys):
         return int(val.split()[0]) / (int(labelled) / 5)
 
     assert val_per_class() == 25
+    # synth's pool and balanced bank: ce, the paper defaults and ssl_only (ssl_prior is ssl_only)
+    assert tune.main(["--benchmark", str(bench), "--check"]) == 0
+    assert "8 searched + 3 reference trials" in capsys.readouterr().out
+    assert tune.main(["--benchmark", str(bench), "--space", "default", "--check"]) == 0
+    assert "8 searched + 2 reference trials" in capsys.readouterr().out
     assert val_per_class("--space", "default") == 10
     assert val_per_class("--val-per-class", "4") == 4
