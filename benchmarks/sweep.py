@@ -115,20 +115,25 @@ def main(argv=None) -> None:
         f"| of which the final retrain | {res.get('final_s') or 0:.0f} s |",
         f"| peak memory, all processes (PSS: shared pages counted once) | {peak[0] / 2**30:.2f} GB |",
         f"| peak memory, all processes (RSS summed: shared pages counted per process) | {peak[1] / 2**30:.2f} GB |",
-        f"| trials (searched + 2 references) | {len(res['trials'])} |",
+        f"| trials (searched + references) | {len(res['trials'])} |",
         f"| trials stopped early by ASHA | {stopped} |",
         f"| trials at once | {res['concurrency']} |",
         "",
         f"Final retrain on {res['benchmark']} ({res['teacher']} teacher → {res['student']} student, "
         f"{res['labels_per_class']} labels per class), test split, mean ± std over seeds:",
         "",
-        "| configuration | test acc (%) | via teacher head (%) | seeds |",
-        "|---|---:|---:|---:|",
+        "| configuration | test acc (%) | test balanced acc (%) | via teacher head (%) | seeds |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, e in final.items():
+        bacc = (
+            f"{100 * e['test_bacc_mean']:.2f} ± {100 * e['test_bacc_std']:.2f}"
+            if "test_bacc_mean" in e
+            else "–"
+        )
         lines.append(
             f"| {name} | {100 * e['test_acc_mean']:.2f} ± {100 * e['test_acc_std']:.2f} | "
-            f"{100 * e['test_acc_teacher_head_mean']:.2f} ± "
+            f"{bacc} | {100 * e['test_acc_teacher_head_mean']:.2f} ± "
             f"{100 * e['test_acc_teacher_head_std']:.2f} | {len(e['runs'])} |"
         )
     verdict = res.get("verdict") or {}
@@ -140,6 +145,10 @@ def main(argv=None) -> None:
             "",
             f"Verdict, as the console ends: {verdict['sentence']}",
         ]
+    if res.get("attribution"):
+        from cmkd.verdict import attribution_sentence
+
+        lines += ["", attribution_sentence(res["attribution"], res["metric"])]
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -23,7 +23,14 @@ from cmkd.leaderboard import (
 )
 from cmkd.placement import IdleGroupReaper
 from cmkd.searcher import canonical, make_searcher
-from cmkd.trial import Resources, for_machine, pack, retrain_distributed, trial_driver
+from cmkd.trial import (
+    Resources,
+    for_machine,
+    pack,
+    retrain_distributed,
+    trial_driver,
+    trial_local,
+)
 from cmkd.verdict import (
     CONTROLS,
     TEACHER_FREE,
@@ -363,27 +370,42 @@ def ray_env() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
+def uses_local_trials(runner: str, resources: Resources, data) -> bool:
+    """Whether the sweep's trials run in their own process (:func:`cmkd.trial.trial_local`):
+    ``--runner auto`` with one worker per trial and the labelled rows in memory; otherwise each
+    trial is a Ray Train ``TorchTrainer`` (``--runner train``, several workers, streamed rows)."""
+    return runner == "auto" and resources.workers == 1 and data.train_stream is None
+
+
 def make_trainable(
-    data, data_cfg: DataConfig, resources: Resources, sweep_path: str, metric: str = "val_acc"
+    data,
+    data_cfg: DataConfig,
+    resources: Resources,
+    sweep_path: str,
+    metric: str = "val_acc",
+    local: bool = False,
 ):
     """The Tune trainable of a sweep, and the object-store refs of what every trial reads."""
     # Put once; wrapped in lists so that the refs travel as refs (Ray resolves only top-level ones).
     payload_ref = [ray.put(pack(data))]
     train_ref = [ray.put((data.x_train.numpy(), data.y_train.numpy()))]
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            trial_driver,
-            payload_ref=payload_ref,
-            train_ref=train_ref,
-            stream=data.train_stream,
-            data_cfg=data_cfg.model_dump(),
-            resources=resources,
-            storage=f"{sweep_path}/train-runs",
-            max_failures=1,
-            metric=metric,
-        ),
-        resources.trial_request,
-    )
+    wiring = {
+        "payload_ref": payload_ref,
+        "train_ref": train_ref,
+        "data_cfg": data_cfg.model_dump(),
+        "resources": resources,
+        "storage": f"{sweep_path}/train-runs",
+        "metric": metric,
+    }
+    if local:
+        trainable = tune.with_resources(
+            tune.with_parameters(trial_local, **wiring), resources.local_request
+        )
+    else:
+        trainable = tune.with_resources(
+            tune.with_parameters(trial_driver, stream=data.train_stream, max_failures=1, **wiring),
+            resources.trial_request,
+        )
     return trainable, payload_ref, train_ref
 
 
@@ -436,18 +458,20 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     max_epochs = space.max_epochs
     all_refs, refs, pool, balanced = sweep_references(space, data)
     budget = args.num_samples + len(refs)
+    local = uses_local_trials(args.runner, resources, data)
     print(
         f"sweep {name!r}: {args.num_samples} searched + {len(refs)} reference trials"
         f"{pool_refs_note(pool, balanced)}, up to {concurrency} at "
         f"once, {resources.workers} worker(s) x {resources.cpus_per_worker:g} CPU"
-        f"{f' + {resources.gpus_per_worker:g} GPU' if resources.gpus_per_worker else ''} per trial; "
+        f"{f' + {resources.gpus_per_worker:g} GPU' if resources.gpus_per_worker else ''} per trial "
+        f"({'in the trial' + chr(39) + 's own process' if local else 'Ray Train'}); "
         f"storage {root}/{name}",
         flush=True,
     )
 
     path = f"{root}/{name}"
     trainable, payload_ref, train_ref = make_trainable(
-        data, data_cfg, resources, path, metric=space.metric
+        data, data_cfg, resources, path, metric=space.metric, local=local
     )
     if args.resume and tune.Tuner.can_restore(path):
         print(f"resuming the sweep in {path}", flush=True)
@@ -463,6 +487,8 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
                 max_concurrent_trials=concurrency,
                 trial_name_creator=trial_name,
                 trial_dirname_creator=trial_name,
+                # a trial in its own process leaves it, imports and all, to the next trial
+                reuse_actors=local,
             ),
             run_config=tune.RunConfig(
                 name=name,

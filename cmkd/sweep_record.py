@@ -23,13 +23,14 @@ FLAGS = {
     "seed": "--seed",
     "num_samples": "--num-samples",
     "workers_per_trial": "--workers-per-trial",
+    "runner": "--runner",
     "searcher": "--searcher",
     "early_stop": "--early-stop",
     "space": "--space (its contents, with --epochs)",
 }
 
 
-LATER_DEFAULTS = {"unlabelled": "all"}
+LATER_DEFAULTS = {"unlabelled": "all", "runner": "train"}
 """Keys a record written by an earlier version lacks, and the value they had then."""
 
 
@@ -45,6 +46,7 @@ def record(args, space, data_cfg) -> dict[str, Any]:
         "seed": args.seed,
         "num_samples": args.num_samples,
         "workers_per_trial": args.workers_per_trial,
+        "runner": args.runner,
         "searcher": args.searcher,
         "early_stop": args.early_stop,
         "space": space.to_dict(),

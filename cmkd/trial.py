@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,15 @@ class Resources:
     """A custom resource the trial's own actor asks a sliver of, so that it only lands on nodes
     that carry it (cluster/*.yaml: ``cmkd_driver`` on the head and the on-demand CPU workers,
     never on preemptible GPU nodes whose loss would kill the trial's driver)."""
+
+    @property
+    def local_request(self) -> dict[str, float]:
+        """A one-worker trial run in its own process (:func:`trial_local`) holds its worker's
+        resources itself."""
+        return {
+            "CPU": self.cpus_per_worker,
+            **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {}),
+        }
 
     @property
     def trial_request(self) -> dict[str, float]:
@@ -187,8 +197,96 @@ def _shard_batches(batch_size: int, seed: int):
     return batches
 
 
+def train_loop(
+    config: dict,
+    data: RunData,
+    *,
+    report: Callable[[dict, dict | None], None],
+    restored: dict | None = None,
+    rank: int = 0,
+    world: int = 1,
+    device: str | torch.device = "cpu",
+    batches: Callable | None = None,
+) -> None:
+    """The one road from a trial's configuration to its epochs, on every path a trial takes.
+
+    ``config``: the trial's ``distill`` and ``data`` settings, ``metric`` and ``diverged_uri``
+    (:func:`loop_config`); ``data``: this rank's rows; ``restored``: the state of the last
+    checkpoint, if any; ``report(metrics, state)``: called once per epoch, with the run's state
+    to checkpoint on rank 0 (None on the other ranks); ``batches``: a streamed shard's batches.
+    A loss that turns NaN or inf writes the diverged marker (a retry then fails at once).
+    """
+    marker = config.get("diverged_uri")
+    cfg = DistillConfig.from_dict(config["distill"], source="trial config")
+    run = Run(
+        cfg,
+        data,
+        DataConfig.model_validate(config["data"]),
+        rank=rank,
+        world=world,
+        device=device,
+        metric=config.get("metric", "val_acc"),
+    )
+    if batches is not None:
+        run.batch_source = batches
+    if restored is not None:
+        run.load_state_dict(restored)
+    if run.epoch >= cfg.epochs and run.history:
+        # Restored after its last epoch (a driver killed before Tune saved the trial's end):
+        # report its epochs again, unchanged, or the trial would end on a result without its
+        # metric and its resumed record would lack its curve.
+        run.best = None
+        for m in run.history:
+            run.best = m if run.improves(m) else run.best
+            report(_with_best(m, run), None)
+    while run.epoch < cfg.epochs:
+        try:
+            metrics = run.run_epoch()
+        except NonFiniteError as e:
+            if marker:
+                write_marker(marker, f"diverged in epoch {run.epoch}: {e}")
+            raise
+        report(_with_best(metrics, run), run.state_dict() if rank == 0 else None)
+
+
+def loop_config(
+    config: dict, data_cfg: dict, metric: str, diverged_uri: str | None, **refs
+) -> dict:
+    """What :func:`train_loop` reads of a trial (and a Train worker of its rows' refs)."""
+    return {
+        "distill": {k: v for k, v in config.items() if k in DistillConfig.model_fields},
+        "data": data_cfg,
+        "diverged_uri": diverged_uri,
+        "metric": metric,
+        **refs,
+    }
+
+
+def _load_state(checkpoint, device) -> dict | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        # weights_only: a checkpoint is data; unpickling arbitrary objects could run code
+        return torch.load(Path(d) / STATE_FILE, weights_only=True, map_location=device)
+
+
+def _checkpointed(report_fn, checkpoint_cls) -> Callable[[dict, dict | None], None]:
+    """A :func:`train_loop` ``report`` through Ray's ``report(metrics, checkpoint=...)`` (Train's
+    or Tune's, each with its own Checkpoint class)."""
+
+    def report(metrics: dict, state: dict | None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if state is not None:
+                torch.save(state, Path(tmp) / STATE_FILE)
+                ckpt = checkpoint_cls.from_directory(tmp)
+            report_fn(metrics, checkpoint=ckpt)
+
+    return report
+
+
 def worker_loop(config: dict) -> None:
-    """Runs on every Train worker: restore, then train, evaluate, report and checkpoint per epoch."""
+    """Runs on every Train worker: its rows and the last checkpoint, then :func:`train_loop`."""
     torch.set_num_threads(1)  # one thread per worker: oversubscribed threads ran 7-30x slower
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -196,7 +294,6 @@ def worker_loop(config: dict) -> None:
     diverged = read_marker(marker) if marker else None
     if diverged is not None:  # an earlier attempt diverged: the same state would diverge again
         raise NonFiniteError(diverged)
-    cfg = DistillConfig.from_dict(config["distill"], source="trial config")
     payload = ray.get(config["payload"][0])
     streamed = payload["train_stream"] is not None
     x_train, y_train = (
@@ -205,46 +302,55 @@ def worker_loop(config: dict) -> None:
         else _train_shard(config.get("train"), rank, world)
     )
     data = unpack(payload, x_train.reshape(-1, *payload["x_val"].shape[1:]), y_train)
-    run = Run(
-        cfg,
+    device = ray.train.torch.get_device()  # this rank's GPU when the trial has GPUs
+    cfg = DistillConfig.from_dict(config["distill"], source="trial config")
+    train_loop(
+        config,
         data,
-        DataConfig.model_validate(config["data"]),
+        report=_checkpointed(ray.train.report, ray.train.Checkpoint),
+        restored=_load_state(ray.train.get_checkpoint(), device),
         rank=rank,
         world=world,
-        device=ray.train.torch.get_device(),  # this rank's GPU when the trial has GPUs
-        metric=config.get("metric", "val_acc"),
+        device=device,
+        batches=_shard_batches(cfg.batch_size, cfg.seed * 1000 + rank) if streamed else None,
     )
-    if streamed:
-        run.batch_source = _shard_batches(cfg.batch_size, cfg.seed * 1000 + rank)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            # weights_only: a checkpoint is data; unpickling arbitrary objects could run code
-            run.load_state_dict(
-                torch.load(Path(d) / STATE_FILE, weights_only=True, map_location=run.device)
-            )
-    if run.epoch >= cfg.epochs and run.history:
-        # Restored after its last epoch (a driver killed before Tune saved the trial's end):
-        # report its epochs again, unchanged, or the trial would end on a result without its
-        # metric and its resumed record would lack its curve.
-        run.best = None
-        for m in run.history:
-            run.best = m if run.improves(m) else run.best
-            ray.train.report(_with_best(m, run))
-    while run.epoch < cfg.epochs:
-        try:
-            metrics = run.run_epoch()
-        except NonFiniteError as e:
-            if marker:
-                write_marker(marker, f"diverged in epoch {run.epoch}: {e}")
-            raise
-        metrics = _with_best(metrics, run)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                torch.save(run.state_dict(), Path(tmp) / STATE_FILE)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
+
+
+def trial_local(
+    config: dict,
+    *,
+    payload_ref: list,
+    train_ref: list,
+    data_cfg: dict,
+    resources: Resources,
+    storage: str,
+    metric: str = "val_acc",
+) -> None:
+    """The Tune trainable of a one-worker trial whose rows are in memory: :func:`train_loop` in
+    the trial's own process, checkpointed through Tune (a failed trial is retried from its last
+    epoch). No Train controller, worker group or process group: a trial costs its training,
+    and with Tune's actor reuse the next trial starts in a process that has imported it all.
+    The same epochs, metrics and checkpoints as :func:`trial_driver` with one worker."""
+    torch.set_num_threads(1)  # as a Train worker: the same threads, the same numbers
+    trial_id = ray.tune.get_context().get_trial_id()
+    diverged_uri = f"{storage}/train-{trial_id}/{DIVERGED_FILE}"
+    reason = read_marker(diverged_uri)
+    if reason is not None:  # Tune's retry of a diverged trial: fail at once, train nothing
+        raise TrialDiverged(reason)
+    payload = ray.get(payload_ref[0])
+    x_train, y_train = _train_shard(train_ref, 0, 1)
+    data = unpack(payload, x_train.reshape(-1, *payload["x_val"].shape[1:]), y_train)
+    device = "cuda" if resources.gpus_per_worker else "cpu"
+    try:
+        train_loop(
+            loop_config(config, data_cfg, metric, diverged_uri),
+            data,
+            report=_checkpointed(ray.tune.report, ray.tune.Checkpoint),
+            restored=_load_state(ray.tune.get_checkpoint(), device),
+            device=device,
+        )
+    except NonFiniteError as e:
+        raise TrialDiverged(read_marker(diverged_uri) or str(e)) from None
 
 
 BEST_KEYS = ("val_acc", "val_acc_teacher_head", "val_ce", "test_acc", "test_acc_teacher_head")
@@ -340,14 +446,14 @@ def make_trainer(
     datasets = {} if stream is None else {"train": train_dataset(None, None, stream)}
     return TorchTrainer(
         worker_loop,
-        train_loop_config={
-            "distill": {k: v for k, v in config.items() if k in DistillConfig.model_fields},
-            "data": data_cfg,
-            "payload": payload_ref,
-            "train": train_ref if stream is None else None,
-            "diverged_uri": diverged_uri,
-            "metric": metric,
-        },
+        train_loop_config=loop_config(
+            config,
+            data_cfg,
+            metric,
+            diverged_uri,
+            payload=payload_ref,
+            train=train_ref if stream is None else None,
+        ),
         torch_config=TorchConfig(backend="nccl" if resources.gpus_per_worker else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers,

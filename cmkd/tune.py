@@ -99,6 +99,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="default: 1, or what fits when the cluster has fewer CPUs",
     )
     p.add_argument(
+        "--runner",
+        choices=("auto", "train"),
+        default="auto",
+        help="auto: a one-worker trial trains in its own process (Tune reuses it for the next "
+        "trial), several workers or streamed rows make a Ray Train run; train: every trial is a "
+        "Ray Train run (default auto)",
+    )
+    p.add_argument(
         "--max-concurrent",
         type=int,
         default=None,

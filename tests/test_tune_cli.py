@@ -100,6 +100,10 @@ def test_resources_fit_a_two_cpu_machine():
     # Launcher clusters mark their non-preemptible nodes: trial actors ask for a sliver of it.
     marked = for_machine({"CPU": 8.0, "GPU": 4.0, "cmkd_driver": 3.0}, 1, 1.0, None)
     assert marked.trial_request == {"memory": 1, "cmkd_driver": 0.001}
+    # A one-worker trial that trains in its own process holds its worker's share itself, and
+    # goes where the GPUs are (not kept to the driver nodes).
+    assert one_worker.local_request == {"CPU": 1.0}
+    assert marked.local_request == {"CPU": 1.0, "GPU": 1.0}
     gpus = for_machine({"CPU": 16.0, "GPU": 4.0}, 2, 1.0, None)
     assert gpus.concurrency({"CPU": 16.0, "GPU": 4.0}) == 2
     with pytest.raises(ValueError, match="fractional GPUs break DDP"):
