@@ -366,6 +366,10 @@ def ray_env() -> None:
     # Train's controller collects reports when it polls its workers, every 2 s by default: on
     # short epochs that wait was 10x the epoch itself (benchmarks/results/overhead.md).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    # Tune saves the experiment state (which trials ended, and with what) at most every 10 s by
+    # default: a driver killed then loses the trials that ended since, which on a laptop can be
+    # several. Every second costs a few milliseconds.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Tune's own tables would bury the Progress lines; with the legacy output, verbose=0 is silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
@@ -498,7 +502,10 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
                     *wandb_callbacks(args.wandb, args.wandb_project, name),
                 ],
                 failure_config=tune.FailureConfig(max_failures=1),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # A trial in its own process checkpoints through Tune: every epoch's is kept, as a
+                # Train run keeps its own, since the experiment state a killed driver leaves may
+                # name an older checkpoint than the last (resumed from, it must still exist).
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if local else 1),
                 verbose=0,  # Progress prints one line per event instead of Tune's tables
             ),
         )

@@ -218,7 +218,7 @@ def test_a_lost_node_takes_a_train_worker_and_its_trial_resumes_on_the_head(benc
         watch.start()
         cmd = tune_cmd(
             space, bench, storage, "lost", "--num-samples", "0", "--final-seeds", "0",
-            "--wandb", "disabled",
+            "--wandb", "disabled", "--runner", "train",  # the Ray Train path: a worker is lost
         )  # fmt: skip
         env = {**node_env(head_tmp, token), "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
         proc = subprocess.Popen(
