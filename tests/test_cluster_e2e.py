@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from cmkd.data.synth import build_synth
+from cmkd.space import SPACES_DIR
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
@@ -134,10 +135,17 @@ def job_log(head, job_id: str) -> str:
     return path.read_text() if path.exists() else ""
 
 
+# the smoke space with epochs long enough (a few seconds a trial) for the job to be stopped
+# before the sweep ends
+SPACE = (SPACES_DIR / "smoke.yaml").read_text().replace("steps_per_epoch: 3", "steps_per_epoch: 400")
+
+
 def test_submit_stop_and_resubmit_a_sweep_through_the_job_server(head, bench, tmp_path):
+    space = tmp_path / "slow-smoke.yaml"
+    space.write_text(SPACE)
     tune_args = [
-        "--space", "smoke", "--benchmark", str(bench), "--storage", str(tmp_path),
-        "--name", "job sweep", "--num-samples", "3", "--epochs", "2", "--final-seeds", "1",
+        "--space", str(space), "--benchmark", str(bench), "--storage", str(tmp_path),
+        "--name", "job sweep", "--num-samples", "3", "--epochs", "4", "--final-seeds", "1",
         "--wandb", "disabled",
     ]  # fmt: skip
     # a name that is no folder or job id is refused before anything is submitted
