@@ -463,12 +463,13 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     all_refs, refs, pool, balanced = sweep_references(space, data)
     budget = args.num_samples + len(refs)
     local = uses_local_trials(args.runner, resources, data)
+    where = "in the trial's own process" if local else "Ray Train"
     print(
         f"sweep {name!r}: {args.num_samples} searched + {len(refs)} reference trials"
         f"{pool_refs_note(pool, balanced)}, up to {concurrency} at "
         f"once, {resources.workers} worker(s) x {resources.cpus_per_worker:g} CPU"
         f"{f' + {resources.gpus_per_worker:g} GPU' if resources.gpus_per_worker else ''} per trial "
-        f"({'in the trial' + chr(39) + 's own process' if local else 'Ray Train'}); "
+        f"({where}); "
         f"storage {root}/{name}",
         flush=True,
     )

@@ -285,6 +285,26 @@ def _checkpointed(report_fn, checkpoint_cls) -> Callable[[dict, dict | None], No
     return report
 
 
+def _not_diverged(storage: str) -> str:
+    """This Tune trial's diverged marker, beside its Train run in ``storage``; a retry of a trial
+    that diverged fails at once (the same state would diverge again) and trains nothing."""
+    uri = f"{storage}/train-{ray.tune.get_context().get_trial_id()}/{DIVERGED_FILE}"
+    reason = read_marker(uri)
+    if reason is not None:
+        raise TrialDiverged(reason)
+    return uri
+
+
+def _rank_data(payload: dict, train_ref: list | None, rank: int, world: int) -> RunData:
+    """This rank's RunData from the sweep's object-store copies (no labelled rows when they are
+    streamed: the rank reads its Ray Data shard instead)."""
+    if payload["train_stream"] is not None:
+        x, y = np.zeros(0, np.float32), np.zeros(0, np.int64)
+    else:
+        x, y = _train_shard(train_ref, rank, world)
+    return unpack(payload, x.reshape(-1, *payload["x_val"].shape[1:]), y)
+
+
 def worker_loop(config: dict) -> None:
     """Runs on every Train worker: its rows and the last checkpoint, then :func:`train_loop`."""
     torch.set_num_threads(1)  # one thread per worker: oversubscribed threads ran 7-30x slower
@@ -296,12 +316,7 @@ def worker_loop(config: dict) -> None:
         raise NonFiniteError(diverged)
     payload = ray.get(config["payload"][0])
     streamed = payload["train_stream"] is not None
-    x_train, y_train = (
-        (np.zeros(0, np.float32), np.zeros(0, np.int64))
-        if streamed
-        else _train_shard(config.get("train"), rank, world)
-    )
-    data = unpack(payload, x_train.reshape(-1, *payload["x_val"].shape[1:]), y_train)
+    data = _rank_data(payload, config.get("train"), rank, world)
     device = ray.train.torch.get_device()  # this rank's GPU when the trial has GPUs
     cfg = DistillConfig.from_dict(config["distill"], source="trial config")
     train_loop(
@@ -332,14 +347,8 @@ def trial_local(
     and with Tune's actor reuse the next trial starts in a process that has imported it all.
     The same epochs, metrics and checkpoints as :func:`trial_driver` with one worker."""
     torch.set_num_threads(1)  # as a Train worker: the same threads, the same numbers
-    trial_id = ray.tune.get_context().get_trial_id()
-    diverged_uri = f"{storage}/train-{trial_id}/{DIVERGED_FILE}"
-    reason = read_marker(diverged_uri)
-    if reason is not None:  # Tune's retry of a diverged trial: fail at once, train nothing
-        raise TrialDiverged(reason)
-    payload = ray.get(payload_ref[0])
-    x_train, y_train = _train_shard(train_ref, 0, 1)
-    data = unpack(payload, x_train.reshape(-1, *payload["x_val"].shape[1:]), y_train)
+    diverged_uri = _not_diverged(storage)
+    data = _rank_data(ray.get(payload_ref[0]), train_ref, 0, 1)
     device = "cuda" if resources.gpus_per_worker else "cpu"
     try:
         train_loop(
@@ -396,11 +405,7 @@ def trial_driver(
 ) -> None:
     # ``storage`` is the sweep's folder: each trial's Train run lives beside Tune's trial dirs.
     """The Tune trainable: one TorchTrainer, named from the trial id so a retry resumes."""
-    trial_id = ray.tune.get_context().get_trial_id()
-    diverged_uri = f"{storage}/train-{trial_id}/{DIVERGED_FILE}"
-    reason = read_marker(diverged_uri)
-    if reason is not None:  # Tune's retry of a diverged trial: fail at once, train nothing
-        raise TrialDiverged(reason)
+    diverged_uri = _not_diverged(storage)
     trainer = make_trainer(
         config,
         payload_ref=payload_ref,
@@ -409,7 +414,7 @@ def trial_driver(
         data_cfg=data_cfg,
         resources=resources,
         storage=storage,
-        name=f"train-{trial_id}",
+        name=f"train-{ray.tune.get_context().get_trial_id()}",
         max_failures=max_failures,
         diverged_uri=diverged_uri,
         metric=metric,
