@@ -37,9 +37,9 @@ format: install
 	$(BIN)/ruff format cmkd tests benchmarks
 	$(BIN)/ruff check --fix cmkd tests benchmarks
 
-# A subset that runs in about 6 minutes on 2 cores (365 s measured) and rewrites its tables in
-# benchmarks/results/: loss terms, Ray's per-epoch overhead, the teacher bank, and the GPU script
-# (which says so and measures nothing without a GPU).
+# A subset that runs in about 16 minutes on 2 cores and rewrites its tables in
+# benchmarks/results/: loss terms, a whole trial against a plain PyTorch process (11 min), the
+# teacher bank, and the GPU script (which says so and measures nothing without a GPU).
 # The sweep-sized ones (sweep, throughput, search, students, data, diagnose) run one by one:
 # see the README's Benchmarks section.
 bench: install

@@ -1,17 +1,18 @@
-"""Sweep throughput at 1 and 2 concurrent trials, and what the memory of a sweep is made of.
+"""Sweep throughput before and after trials ran in their own process, and what a sweep's memory is.
 
-    python -m benchmarks.throughput [--space smoke] [--benchmark avdigits] [--num-samples 6]
-    python -m benchmarks.throughput --space default --concurrency 2 --num-samples 10 \\
-        --wandb offline --out /tmp/memory.md     # the default sweep's search, process by process
+    python -m benchmarks.throughput                       # the default sweep, --runner train vs auto
+    python -m benchmarks.throughput --space smoke --benchmark avdigits --num-samples 6 \\
+        --runners auto --concurrency 1 2                  # trials at once, on one path
 
-Runs ``python -m cmkd.tune --max-concurrent N --final-seeds 0 --wandb disabled`` once per N on
-the same budget and seed (data reused from --data-root, so building it is not timed). Trials per
-hour = trials / search time (Tune's part: ``sweep_s - prepare_s`` of results.json, which includes
-``ray.init``). While it runs, the PSS and RSS of every process in the command's tree (the driver,
-Ray's GCS, raylet, dashboard and agents, every worker and actor) are sampled twice a second; the
-table breaks the peak down by process kind. PSS shares each shared page among the processes that
-map it, so the sum is what the tree takes from the machine. Writes
-benchmarks/results/throughput.md.
+Runs ``python -m cmkd.tune --runner R [--max-concurrent N] --final-seeds 0`` once per runner and
+N, on the same budget and seed (data reused from --data-root, so building it is not timed):
+``--runner train`` makes every trial a Ray Train run, as every trial was before one-worker trials
+ran in their own process; ``auto`` is today's default. Trials per hour = trials / search time
+(Tune's part: ``sweep_s - prepare_s`` of results.json, which includes ``ray.init``). While it
+runs, the PSS and RSS of every process in the command's tree (the driver, Ray's GCS, raylet,
+dashboard and agents, every worker and actor) are sampled twice a second; the table breaks the
+peak down by process kind. PSS shares each shared page among the processes that map it, so the
+sum is what the tree takes from the machine. Writes benchmarks/results/throughput.md.
 """
 
 from __future__ import annotations
@@ -107,95 +108,112 @@ def breakdown(snap: list[tuple[str, int, int]]) -> list[tuple[str, int, int, int
     return sorted(((k, *v) for k, v in groups.items()), key=lambda r: -r[2])
 
 
+def same_configs(a: dict, b: dict) -> int:
+    """How many of run a's trials trained a configuration run b trained too."""
+    from cmkd.searcher import canonical
+
+    seen = {canonical(t["config"]) for t in b["trials"]}
+    return sum(canonical(t["config"]) in seen for t in a["trials"])
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--space", default="smoke")
-    p.add_argument("--benchmark", default="avdigits")
-    p.add_argument("--num-samples", type=int, default=6, help="searched trials (+2 references)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--space", help="cmkd.tune --space (default: the default sweep's)")
+    p.add_argument("--benchmark", help="cmkd.tune --benchmark (default: the default sweep's)")
+    p.add_argument("--num-samples", type=int, help="searched trials (default: the space's)")
+    p.add_argument(
+        "--runners",
+        nargs="+",
+        default=["train", "auto"],
+        choices=["train", "auto"],
+        help="cmkd.tune --runner of each run: train (every trial a Ray Train run, as before "
+        "trials ran in their own process) and auto (today's default)",
+    )
+    p.add_argument(
+        "--concurrency", type=int, nargs="+", default=[0], help="trials at once (0: the sweep's)"
+    )
     p.add_argument("--data-root", default="data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--wandb",
-        default="disabled",
+        default="offline",
         choices=["disabled", "offline"],
-        help="W&B mode of the sweeps (offline: as the default sweep logs, one actor per trial)",
+        help="W&B mode of the sweeps (offline: as the default sweep logs)",
     )
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "throughput.md")
     args = p.parse_args(argv)
     load = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="cmkd-throughput-"))
+    common = [
+        *(["--space", args.space] if args.space else []),
+        *(["--benchmark", args.benchmark] if args.benchmark else []),
+        *(["--num-samples", str(args.num_samples)] if args.num_samples is not None else []),
+        "--seed",
+        str(args.seed),
+        "--final-seeds",
+        "0",
+        "--wandb",
+        args.wandb,
+    ]
     runs = {}
-    for n in args.concurrency:
-        name = f"c{n}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "cmkd.tune",
-            "--space",
-            args.space,
-            "--benchmark",
-            args.benchmark,
-            "--num-samples",
-            str(args.num_samples),
-            "--max-concurrent",
-            str(n),
-            "--final-seeds",
-            "0",
-            "--wandb",
-            args.wandb,
-            "--seed",
-            str(args.seed),
-            "--data-root",
-            args.data_root,
-            "--storage",
-            str(work),
-            "--name",
-            name,
-        ]
-        m = run_sweep(cmd)
-        res = json.loads((work / name / "results.json").read_text())
-        m["search_s"] = res["sweep_s"] - (res.get("prepare_s") or 0)
-        m["trials"] = len(res["trials"])
-        m["epochs"] = sum(t.get("epochs_run", 0) for t in res["trials"])
-        m["concurrency"] = res["concurrency"]
-        runs[n] = m
+    for runner in args.runners:
+        for n in args.concurrency:
+            name = f"{runner}-c{n}"
+            extra = ["--max-concurrent", str(n)] if n else []
+            cmd = [sys.executable, "-m", "cmkd.tune", *common, "--runner", runner, *extra,
+                   "--data-root", args.data_root, "--storage", str(work), "--name", name]  # fmt: skip
+            m = run_sweep(cmd)
+            res = json.loads((work / name / "results.json").read_text())
+            m["search_s"] = res["sweep_s"] - (res.get("prepare_s") or 0)
+            m["trials"] = len(res["trials"])
+            m["epochs"] = sum(t.get("epochs_run", 0) for t in res["trials"])
+            m["concurrency"] = res["concurrency"]
+            m["results"] = res
+            runs[(runner, n)] = m
 
+    first = next(iter(runs.values()))["results"]
     lines = [
         "# Sweep throughput and memory",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / GB:.0f} GiB; load average {load:.2f} before the run; "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        f"Command: `python -m cmkd.tune --space {args.space} --benchmark {args.benchmark} "
-        f"--num-samples {args.num_samples} --seed {args.seed} --max-concurrent N --final-seeds 0 "
-        f"--wandb {args.wandb}` (data already built; searched trials + 2 references).",
+        f"Command: `python -m cmkd.tune {' '.join(common)} --runner R [--max-concurrent N]` "
+        f"(data already built): {Path(first['space']).stem} space on {first['benchmark']}, "
+        f"{first['labels_per_class']} labels per class. Search only: trials per hour = trials / "
+        "the search's wall time (Tune's part of the command).",
         "",
-        "| trials at once | trials | trial-epochs | search (s) | trials / hour | "
+        "| runner | trials at once | trials | trial-epochs | search (s) | trials / hour | "
         "trial-epochs / hour | whole command (s) | peak PSS (GB) | peak RSS summed (GB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for n, m in runs.items():
+    for (runner, _), m in runs.items():
         lines.append(
-            f"| {n} | {m['trials']} | {m['epochs']} | {m['search_s']:.0f} | "
-            f"{3600 * m['trials'] / m['search_s']:.0f} | {3600 * m['epochs'] / m['search_s']:.0f} | "
-            f"{m['wall']:.0f} | {m['pss'] / GB:.2f} | {m['rss'] / GB:.2f} |"
+            f"| {runner} | {m['concurrency']} | {m['trials']} | {m['epochs']} | "
+            f"{m['search_s']:.0f} | {3600 * m['trials'] / m['search_s']:.0f} | "
+            f"{3600 * m['epochs'] / m['search_s']:.0f} | {m['wall']:.0f} | {m['pss'] / GB:.2f} | "
+            f"{m['rss'] / GB:.2f} |"
         )
-    if len(runs) > 1:
-        first, last = runs[min(runs)], runs[max(runs)]
+    keys = list(runs)
+    if len(keys) > 1:
+        a, b = runs[keys[0]], runs[keys[-1]]
         lines += [
             "",
-            f"Throughput at {max(runs)} trials at once / at {min(runs)}: "
-            f"{first['search_s'] / last['search_s']:.2f}× trials per hour.",
+            f"{keys[-1][0]} against {keys[0][0]}: {a['search_s'] / b['search_s']:.2f}x trials per "
+            f"hour ({b['epochs'] * a['search_s'] / (a['epochs'] * b['search_s']):.2f}x "
+            f"trial-epochs per hour); {same_configs(b['results'], a['results'])} of "
+            f"{b['trials']} trials trained a configuration the other run trained too (same seed: "
+            "the searcher's proposals depend only on the results it has been told, which are the "
+            "same on both paths, and on the order trials end in).",
         ]
-    for n, m in runs.items():
+    for (runner, _), m in runs.items():
         rows = breakdown(m["at_peak"])
         lines += [
             "",
-            f"Memory at the peak, {n} trial(s) at once: {len(m['at_peak'])} processes, "
-            f"{m['pss'] / GB:.2f} GB PSS.",
+            f"Memory at the peak, runner {runner}, {m['concurrency']} trial(s) at once: "
+            f"{len(m['at_peak'])} processes, {m['pss'] / GB:.2f} GB PSS.",
             "",
             "| process | count | PSS (GB) | PSS each (MB) | RSS summed (GB) |",
             "|---|---:|---:|---:|---:|",

@@ -79,3 +79,63 @@ def test_publish_writes_the_table_in_a_new_folder_and_names_every_file(tmp_path,
     text = publish(["# t", "", "| a |", "|---|"], out, tmp_path / "new" / "t.png")
     assert out.read_text() == text == "# t\n\n| a |\n|---|\n"
     assert f"written to {out} and {tmp_path / 'new' / 't.png'}" in capsys.readouterr().out
+
+
+def test_plain_loop_trains_the_epochs_in_a_fresh_process_and_stamps_them(tmp_path):
+    """The overhead baseline runs the trial's training on its own: one stamp per epoch, in order
+    (start, imports, data, epochs), from a process of its own."""
+    import json
+    import subprocess
+    import sys
+
+    from cmkd.config import DataConfig, DistillConfig
+    from cmkd.data.synth import build_synth
+
+    build_synth(tmp_path / "synth", "synth", seed=0, train_per_class=20, val_per_class=5,
+                test_per_class=5)  # fmt: skip
+    spec = {
+        "distill": DistillConfig(epochs=2, steps_per_epoch=3, batch_size=16).model_dump(),
+        "data": DataConfig(benchmark=str(tmp_path / "synth"), val_per_class=2).model_dump(),
+    }
+    (tmp_path / "run.json").write_text(json.dumps(spec))
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.plain_loop", "--config", str(tmp_path / "run.json")],
+        check=True, capture_output=True, text=True, timeout=300,
+    ).stdout  # fmt: skip
+    stamps = json.loads(out.strip().splitlines()[-1])
+    assert len(stamps["epochs"]) == 2
+    times = [stamps["started"], stamps["imported"], stamps["loaded"], *stamps["epochs"]]
+    assert times == sorted(times)
+
+
+def test_overhead_report_says_each_one_worker_ratio_met_or_missed_by_how_much():
+    from types import SimpleNamespace
+
+    from benchmarks import overhead
+
+    def runs(*walls):
+        return [{"wall": w, "start-up": 1.0, "training": w - 1.0} for w in walls]
+
+    data = SimpleNamespace(
+        meta=SimpleNamespace(name="sonified"), teacher="image", student="audio",
+        y_train=[0] * 50, y_val=[0] * 250, x_pool=None,
+    )  # fmt: skip
+    args = SimpleNamespace(epochs=[10, 2], workers=[1, 2], trials=3, repeats=2)
+    distill = {"algorithm": "ucmkd_pool", "steps_per_epoch": 40, "batch_size": 32, "pool_batch": 48}
+    cases = [
+        (1, 10, runs(20, 20), runs(22, 19, 19)),  # first 1.10, reused 0.95
+        (1, 2, runs(8, 8), runs(12, 6, 6)),  # first 1.50: missed by 0.25
+        (2, 10, runs(30, 30), runs(60, 60, 60)),  # two workers: stated, not judged
+    ]
+    text = "\n".join(overhead.report(cases, distill, data, 0.5, args))
+    assert "- 10 epochs, first (starts its process): 1.10, met." in text
+    assert "- 10 epochs, reused process: 0.95, met." in text
+    assert "- 2 epochs, first (starts its process): 1.50, NOT met, by 0.25." in text
+    assert "| 2 | 10 | every trial (Ray Train) | 30.0 | 60.0 | 2.00 |" in text
+
+
+def test_throughput_counts_the_trials_whose_configuration_both_runs_trained():
+    a = {"trials": [{"config": {"algorithm": "ce"}}, {"config": {"algorithm": "ssl"}}]}
+    b = {"trials": [{"config": {"algorithm": "ce", "role": "reference"}}]}
+    assert throughput.same_configs(a, b) == 1  # keys outside DistillConfig do not count
+    assert throughput.same_configs(b, a) == 1

@@ -137,7 +137,9 @@ def job_log(head, job_id: str) -> str:
 
 # the smoke space with epochs long enough (a few seconds a trial) for the job to be stopped
 # before the sweep ends
-SPACE = (SPACES_DIR / "smoke.yaml").read_text().replace("steps_per_epoch: 3", "steps_per_epoch: 400")
+SPACE = (
+    (SPACES_DIR / "smoke.yaml").read_text().replace("steps_per_epoch: 3", "steps_per_epoch: 400")
+)
 
 
 def test_submit_stop_and_resubmit_a_sweep_through_the_job_server(head, bench, tmp_path):
