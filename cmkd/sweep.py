@@ -7,12 +7,14 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from cmkd.capacity import GrowingLimit, fits_now, node_types_it_can_add
 from cmkd.config import POOL_ALGORITHMS, DataConfig, DistillConfig, Experiment
 from cmkd.leaderboard import (
     failure_reason,
@@ -452,7 +454,9 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         cluster, args.workers_per_trial, args.gpus_per_worker, args.cpus_per_worker
     )
     concurrency = args.max_concurrent or resources.concurrency(cluster)
-    if not args.max_concurrent and resources.gpus_per_worker > cluster.get("GPU", 0):
+    # An autoscaling cluster: trials follow its nodes (cmkd/capacity.py), up to --max-concurrent
+    grows = bool(node_types_it_can_add())
+    if not grows and not args.max_concurrent and resources.gpus_per_worker > cluster.get("GPU", 0):
         print(
             f"warning: the cluster has {cluster.get('GPU', 0):g} GPU(s) now, so trials run "
             f"{concurrency} at a time; on an autoscaling cluster whose GPU nodes start at zero, "
@@ -464,10 +468,16 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     budget = args.num_samples + len(refs)
     local = uses_local_trials(args.runner, resources, data)
     where = "in the trial's own process" if local else "Ray Train"
+    if grows:
+        at_once = (
+            f"as many at once as the cluster's nodes hold (now {fits_now(resources)}), growing "
+            f"as its autoscaler adds nodes, up to {args.max_concurrent or budget}"
+        )
+    else:
+        at_once = f"up to {concurrency} at once"
     print(
         f"sweep {name!r}: {args.num_samples} searched + {len(refs)} reference trials"
-        f"{pool_refs_note(pool, balanced)}, up to {concurrency} at "
-        f"once, {resources.workers} worker(s) x {resources.cpus_per_worker:g} CPU"
+        f"{pool_refs_note(pool, balanced)}, {at_once}, {resources.workers} worker(s) x {resources.cpus_per_worker:g} CPU"
         f"{f' + {resources.gpus_per_worker:g} GPU' if resources.gpus_per_worker else ''} per trial "
         f"({where}); "
         f"storage {root}/{name}",
@@ -482,14 +492,18 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         print(f"resuming the sweep in {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
+        searcher = make_searcher(space, args.seed, args.num_samples, refs, args.searcher)
+        if grows:
+            cap = args.max_concurrent or budget
+            searcher = GrowingLimit(searcher, cap, partial(fits_now, resources))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(space, args.seed, args.num_samples, refs, args.searcher),
+                search_alg=searcher,
                 scheduler=make_scheduler(space, max_epochs, prune=args.early_stop == "asha"),
                 time_budget_s=args.time_budget,
                 num_samples=budget,
-                max_concurrent_trials=concurrency,
+                max_concurrent_trials=None if grows else concurrency,
                 trial_name_creator=trial_name,
                 trial_dirname_creator=trial_name,
                 # a trial in its own process leaves it, imports and all, to the next trial
@@ -565,7 +579,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             seeds,
             payload_ref,
             train_ref,
-            cpus=min(1.0, cluster.get("CPU", 1)),
+            cpus=min(1.0, cluster.get("CPU", 0)) or 1.0,  # no CPU yet: on the nodes to come
             metric=space.metric,
             resources=resources,
             storage=f"{path}/final-runs",
@@ -653,7 +667,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         "prepare_s": getattr(args, "prepare_s", None),
         "final_s": total_s - sweep_s,
         "resources": resources.__dict__,
-        "concurrency": concurrency,
+        "concurrency": "grows with the cluster" if grows else concurrency,
         "storage": f"{root}/{name}",
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))

@@ -98,16 +98,19 @@ def write_marker(uri: str, text: str) -> None:
 
 
 def for_machine(cluster: dict, workers: int, gpus_per_worker: float, cpus_per_worker: float | None):
-    """Resource requests that start on this cluster: on 2 CPUs, 2 workers get 0.5 CPU each.
-    Where nodes carry the ``cmkd_driver`` resource, trial actors are kept on those nodes."""
+    """Resource requests that start on this cluster: on 2 CPUs, 2 workers get 0.5 CPU each; on a
+    cluster with no CPU yet (its worker nodes start at zero), 1 CPU each. Where nodes carry the ``cmkd_driver`` resource, trial actors are kept on those nodes."""
     if gpus_per_worker and gpus_per_worker != int(gpus_per_worker):
         raise ValueError(
             f"--gpus-per-worker {gpus_per_worker}: fractional GPUs break DDP "
             "(NCCL needs a whole device per rank); use 1"
         )
     if cpus_per_worker is None:
-        cpus = cluster.get("CPU", 1)
-        cpus_per_worker = 1.0 if cpus >= 2 * workers else max(cpus / (2 * workers), 0.1)
+        cpus = cluster.get("CPU", 0)  # Ray leaves out a resource the cluster has none of
+        if cpus <= 0:  # an autoscaling cluster whose trial nodes have not come: whole CPUs
+            cpus_per_worker = 1.0
+        else:
+            cpus_per_worker = 1.0 if cpus >= 2 * workers else max(cpus / (2 * workers), 0.1)
     driver = DRIVER_RESOURCE if cluster.get(DRIVER_RESOURCE) else None
     return Resources(workers, cpus_per_worker, gpus_per_worker, driver)
 
