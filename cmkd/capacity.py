@@ -12,7 +12,6 @@ more trials start; as the budget runs out, nodes fall idle and the autoscaler re
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
@@ -23,25 +22,52 @@ from cmkd.trial import Resources
 
 
 def node_types_it_can_add() -> list[str]:
-    """The worker node types the cluster's autoscaler can launch; [] on a fixed cluster (a local
-    ``ray.init`` one, nodes started by hand) or where Ray reports no autoscaler."""
-    from ray._private import ray_constants
+    """The worker node types the cluster's autoscaler can launch; [] where none is known (a local
+    ``ray.init`` cluster, nodes started by hand, an autoscaler this process cannot see)."""
     from ray._private.state import state
-    from ray.experimental.internal_kv import _internal_kv_get
 
-    try:  # autoscaler v2 (KubeRay) reports its node groups
+    try:  # autoscaler v2 reports its node groups to the GCS
         groups = state.get_max_resources_from_cluster_config()
-    except Exception:  # noqa: BLE001 - an older or partial GCS: fall back to the status
+    except Exception:  # noqa: BLE001 - an older or partial GCS: look for the monitor instead
         groups = None
     if groups:
         return sorted(groups)
-    try:  # autoscaler v1 (`ray up`, the fake multi-node provider): its last status report
-        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        report = json.loads(raw or b"{}").get("autoscaler_report") or {}
-    except (ValueError, RuntimeError):
-        return []
-    summary = report.get("node_availability_summary") or {}
-    return sorted(summary.get("node_availabilities") or {})
+    return _monitor_node_types()
+
+
+def _monitor_node_types() -> list[str]:
+    """Autoscaler v1 (``ray up``, ``ray start --autoscaling-config``, the fake multi-node
+    provider) reports no node groups: its config is read from the monitor's command line, which
+    a driver on the head (where ``ray job submit`` runs it) can see."""
+    import psutil
+    import yaml
+
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = p.info["cmdline"] or []
+        except psutil.Error:
+            continue
+        if not any("monitor.py" in c for c in cmd):
+            continue
+        for arg in cmd:
+            if arg.startswith("--autoscaling-config="):
+                try:
+                    config = yaml.safe_load(open(arg.split("=", 1)[1]))
+                    types = config["available_node_types"]
+                    head = config.get("head_node_type")
+                    return sorted(
+                        name for name, spec in types.items()
+                        if name != head and int(spec.get("max_workers", 0)) > 0
+                    )  # fmt: skip
+                except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+                    return []
+    return []
+
+
+def grows(resources: Resources) -> bool:
+    """Whether the sweep's trials follow the cluster's nodes: its autoscaler can add nodes, or the
+    nodes present cannot hold a single trial (they can only be waited for)."""
+    return fits_now(resources) == 0 or bool(node_types_it_can_add())
 
 
 def fits_now(resources: Resources) -> int:

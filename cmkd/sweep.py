@@ -14,7 +14,8 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from cmkd.capacity import GrowingLimit, fits_now, node_types_it_can_add
+from cmkd.capacity import GrowingLimit, fits_now
+from cmkd.capacity import grows as cluster_grows
 from cmkd.config import POOL_ALGORITHMS, DataConfig, DistillConfig, Experiment
 from cmkd.leaderboard import (
     failure_reason,
@@ -90,6 +91,13 @@ class Progress(tune.Callback):
         self._say(
             f"{trial_name(trial)} {how} after {epochs} epoch(s)"
             + (f", best {self.metric} {best:.4f}" if best is not None else "")
+        )
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        self._say(
+            f"{trial_name(trial)} lost its process or node after epoch {epoch}: retrying from "
+            "its last checkpoint"
         )
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -455,7 +463,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
     )
     concurrency = args.max_concurrent or resources.concurrency(cluster)
     # An autoscaling cluster: trials follow its nodes (cmkd/capacity.py), up to --max-concurrent
-    grows = bool(node_types_it_can_add())
+    grows = cluster_grows(resources)
     if not grows and not args.max_concurrent and resources.gpus_per_worker > cluster.get("GPU", 0):
         print(
             f"warning: the cluster has {cluster.get('GPU', 0):g} GPU(s) now, so trials run "
