@@ -110,7 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--max-concurrent",
         type=int,
         default=None,
-        help="trials at once (default: what the cluster holds)",
+        help="trials at once (default: what the cluster holds; on a cluster that autoscales, "
+        "trials follow its nodes and this is their ceiling)",
     )
     p.add_argument(
         "--searcher",

@@ -69,3 +69,44 @@ def test_a_cluster_with_no_cpu_yet_gets_whole_cpus_per_worker():
     assert for_machine({"CPU": 0.0}, 2, 0.0, None).cpus_per_worker == 1.0
     # a small fixed machine still shares its CPUs out (2 workers on 2 CPUs: 0.5 each)
     assert for_machine({"CPU": 2.0}, 2, 0.0, None).cpus_per_worker == 0.5
+
+
+def test_the_autoscalers_node_types_are_read_from_its_monitor_on_the_head(tmp_path):
+    """Autoscaler v1 reports no node groups to the GCS; its monitor's command line names its
+    config (``ray start --autoscaling-config``, ``ray up``), which a driver on the head can read."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from cmkd.capacity import node_types_it_can_add
+
+    config = tmp_path / "cluster.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "head_node_type": "head",
+                "available_node_types": {
+                    "head": {"resources": {"CPU": 0}, "max_workers": 0},
+                    "gpu_workers": {"resources": {"GPU": 1}, "min_workers": 0, "max_workers": 8},
+                    "cpu_workers": {"resources": {"CPU": 8}, "max_workers": 4},
+                    "retired": {"resources": {"CPU": 8}, "max_workers": 0},
+                },
+            }
+        )
+    )
+    assert node_types_it_can_add() == []  # no autoscaler on this machine
+    monitor = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "monitor.py",
+         f"--autoscaling-config={config}"]
+    )  # fmt: skip
+    try:
+        import time
+
+        deadline = time.time() + 10
+        while node_types_it_can_add() == [] and time.time() < deadline:
+            time.sleep(0.1)
+        assert node_types_it_can_add() == ["cpu_workers", "gpu_workers"]
+    finally:
+        monitor.kill()
+        monitor.wait()
