@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 from test_cluster_e2e import free_ports, stop_processes_under
-from test_reliability_node import node_env
+from test_reliability_node import node_env, stop_sweep
 from test_reliability_sweep import EPOCH, descendants, end, tune_cmd
 
 from cmkd.data.synth import build_synth
@@ -259,14 +259,7 @@ def test_trials_wait_for_nodes_grow_with_them_survive_a_lost_one_and_leave_them_
         while watch.nodes_now > 0 and time.time() < ended_at + IDLE_S + 45:
             time.sleep(0.5)
     finally:
-        if watch is not None:
-            watch.done.set()
-            watch.join(timeout=10)
-        if proc is not None:
-            leftover = descendants(proc.pid)
-            if proc.poll() is None:
-                proc.kill()
-            end(leftover)
+        stop_sweep(watch, proc)
         if monitor is not None:
             end(descendants(monitor.pid))  # the worker nodes' processes
         stop_processes_under(head_tmp)

@@ -128,6 +128,18 @@ def kill_node(raylet: psutil.Process, temp: str) -> list[psutil.Process]:
     return procs
 
 
+def stop_sweep(watch: threading.Thread | None, proc: subprocess.Popen | None) -> None:
+    """End a test's watcher thread, then the sweep's command and every process it started."""
+    if watch is not None:
+        watch.done.set()
+        watch.join(timeout=10)
+    if proc is not None:
+        leftover = descendants(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+        end(leftover)
+
+
 class Watch(threading.Thread):
     """Notes every Train worker of both nodes (every 0.2 s) and kills the second node once it
     holds the worker of a trial that has reported a checkpointed epoch and has two to go."""
@@ -233,14 +245,7 @@ def test_a_lost_node_takes_a_train_worker_and_its_trial_resumes_on_the_head(benc
             assert time.time() < deadline, "".join(lines[-40:])
         proc.wait(timeout=60)
     finally:
-        if watch is not None:
-            watch.done.set()
-            watch.join(timeout=10)
-        if proc is not None:
-            leftover = descendants(proc.pid)
-            if proc.poll() is None:
-                proc.kill()
-            end(leftover)
+        stop_sweep(watch, proc)
         for temp in (node_tmp, head_tmp):
             try:
                 end(raylet_of(temp).children(recursive=True))  # its workers, then the rest

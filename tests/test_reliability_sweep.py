@@ -21,6 +21,7 @@ import pytest
 from test_reliability import closed_port
 
 from cmkd.data.synth import build_synth
+from cmkd.space import SPACES_DIR
 
 pytestmark = pytest.mark.ray
 DONE = re.compile(
@@ -212,8 +213,16 @@ def saved_ended(sweep: Path) -> set[str]:
 def test_driver_killed_with_sigkill_resumes_with_every_finished_trial_kept(
     bench, tmp_path, ray_tmp
 ):
+    # The smoke space with epochs long enough (a few seconds a trial) that the sweep cannot end
+    # between the second finished trial and the kill: with 3 steps an epoch it once did.
+    space = tmp_path / "smoke-longer.yaml"
+    space.write_text(
+        (SPACES_DIR / "smoke.yaml")
+        .read_text()
+        .replace("steps_per_epoch: 3", "steps_per_epoch: 300")
+    )
     cmd = tune_cmd(
-        "smoke", bench, tmp_path, "killed", "--num-samples", "6", "--epochs", "2",
+        space, bench, tmp_path, "killed", "--num-samples", "6", "--epochs", "2",
         "--final-seeds", "0", "--wandb", "disabled",
     )  # fmt: skip
     proc = subprocess.Popen(
