@@ -72,10 +72,7 @@ def grows(resources: Resources) -> bool:
 
 def fits_now(resources: Resources) -> int:
     """Trials the cluster's nodes hold now (0 while its trial nodes have not come)."""
-    cluster = ray.cluster_resources()
-    if resources.gpus_per_worker > 0:
-        return int(cluster.get("GPU", 0) // (resources.workers * resources.gpus_per_worker))
-    return int(cluster.get("CPU", 0) // (resources.workers * resources.cpus_per_worker))
+    return resources.fits(ray.cluster_resources())
 
 
 class GrowingLimit(ConcurrencyLimiter):

@@ -65,11 +65,16 @@ class Resources:
         # starve its workers on a 2-CPU machine). Ray refuses an empty request; memory=1 is not.
         return {"memory": 1, **({self.driver_resource: 0.001} if self.driver_resource else {})}
 
-    def concurrency(self, cluster: dict) -> int:
-        """Trials the cluster can run at once: its CPUs (or GPUs) over one trial's need."""
+    def fits(self, cluster: dict) -> int:
+        """Trials these cluster resources hold: its CPUs (or GPUs) over one trial's need (0 where
+        it has none: Ray leaves out a resource the cluster has none of)."""
         if self.gpus_per_worker > 0:
-            return max(1, int(cluster.get("GPU", 0) // (self.workers * self.gpus_per_worker)))
-        return max(1, int(cluster.get("CPU", 1) // (self.workers * self.cpus_per_worker)))
+            return int(cluster.get("GPU", 0) // (self.workers * self.gpus_per_worker))
+        return int(cluster.get("CPU", 0) // (self.workers * self.cpus_per_worker))
+
+    def concurrency(self, cluster: dict) -> int:
+        """Trials the cluster can run at once (at least one)."""
+        return max(1, self.fits(cluster))
 
 
 class TrialDiverged(RuntimeError):

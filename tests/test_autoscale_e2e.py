@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 from test_cluster_e2e import free_ports, stop_processes_under
-from test_reliability_node import node_env, stop_sweep
+from test_reliability_node import actors_under, node_env, stop_sweep
 from test_reliability_sweep import EPOCH, descendants, end, tune_cmd
 
 from cmkd.data.synth import build_synth
@@ -136,19 +136,8 @@ def worker_nodes(monitor: psutil.Process) -> dict[int, psutil.Process]:
 
 
 def trials_on(raylet: psutil.Process) -> set[str]:
-    """The trials whose process runs under this raylet (a trial's working dir is named after it)."""
-    out = set()
-    try:
-        procs = raylet.children(recursive=True)
-    except psutil.Error:
-        return out
-    for p in procs:
-        try:
-            if "ImplicitFunc" in " ".join(p.cmdline()):
-                out.add(Path(p.cwd()).name)
-        except psutil.Error:
-            continue
-    return out
+    """The trials whose own process runs under this raylet."""
+    return set(actors_under(raylet, "ImplicitFunc").values())
 
 
 class Watch(threading.Thread):

@@ -82,9 +82,9 @@ def start_node(temp: str, token: str, args: list[str]) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def train_workers(raylet: psutil.Process) -> dict[int, str]:
-    """The Train workers under this raylet: pid -> the Train run each works for (its cwd is the
-    run's working directory, named after the run: ``train-<trial id>``)."""
+def actors_under(raylet: psutil.Process, title: str) -> dict[int, str]:
+    """The Ray actors of this process title under this raylet: pid -> the name of its working
+    dir (a Train worker's is its run, ``train-<trial id>``; a trial's own process's, its trial)."""
     out = {}
     try:
         procs = raylet.children(recursive=True)
@@ -92,11 +92,16 @@ def train_workers(raylet: psutil.Process) -> dict[int, str]:
         return out
     for p in procs:
         try:
-            if "RayTrainWorker" in " ".join(p.cmdline()):
+            if title in " ".join(p.cmdline()):
                 out[p.pid] = Path(p.cwd()).name
         except psutil.Error:
             continue
     return out
+
+
+def train_workers(raylet: psutil.Process) -> dict[int, str]:
+    """The Train workers under this raylet: pid -> the Train run each works for."""
+    return actors_under(raylet, "RayTrainWorker")
 
 
 def raylet_of(temp: str) -> psutil.Process:
