@@ -84,13 +84,15 @@ def _read(path: Path, reader):
 
 @dataclass(frozen=True, eq=False)
 class TeacherBank:
-    """A loaded bank. z: (M, D) float32, logits: (M, C) float32, y: (M,) int64."""
+    """A loaded bank. z: (M, D) float32, logits: (M, C) float32, y: (M,) int64, ids: (M,) str
+    the teacher rows' ids (what pairs a student row with its partner), or None."""
 
     z: np.ndarray
     logits: np.ndarray
     y: np.ndarray
     head: nn.Linear
     info: dict
+    ids: np.ndarray | None = None
 
     @classmethod
     def load(cls, directory: str | Path, *, fingerprint: str | None = None) -> TeacherBank:
@@ -124,6 +126,7 @@ class TeacherBank:
             y=table.column("label").to_numpy().copy(),
             head=freeze(head),
             info=info,
+            ids=np.asarray(table.column("id").to_pylist(), dtype=str),
         )
 
     @property
@@ -182,7 +185,8 @@ def control_bank(bank: TeacherBank, kind: str, num_classes: int, seed: int = 0) 
         logits = np.empty_like(bank.logits)
         logits[:, perm] = bank.logits
         y = perm[bank.y]
-        return TeacherBank(bank.z, logits, y, freeze(head), {**bank.info, "control": kind})
+        info = {**bank.info, "control": kind}
+        return TeacherBank(bank.z, logits, y, freeze(head), info, bank.ids)
     if kind == "neutral":
         if d < c:
             raise BankError(f"a neutral teacher needs feature_dim >= num_classes, got {d} < {c}")
@@ -195,5 +199,7 @@ def control_bank(bank: TeacherBank, kind: str, num_classes: int, seed: int = 0) 
             head.weight.copy_(torch.tensor(scale * centres.T, dtype=torch.float32))
             head.bias.zero_()
         logits = (scale * z @ centres).astype(np.float32)
-        return TeacherBank(z, logits, bank.y, freeze(head), {**bank.info, "control": kind})
+        return TeacherBank(
+            z, logits, bank.y, freeze(head), {**bank.info, "control": kind}, bank.ids
+        )
     raise ValueError(f"teacher control {kind!r}: expected one of {list(TEACHER_CONTROLS)}")

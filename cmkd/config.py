@@ -22,10 +22,12 @@ class ConfigError(ValueError):
 
 
 Algorithm = Literal[
-    "ce", "kd_unpaired", "fa_only", "ucmkd_sum", "ucmkd_bilevel", "ucmkd_pool", "ssl"
+    "ce", "kd_unpaired", "kd", "fa_only", "ucmkd_sum", "ucmkd_bilevel", "ucmkd_pool", "ssl"
 ]
 POOL_ALGORITHMS = ("ucmkd_pool", "ssl")
 """The algorithms that train on the student modality's unlabelled pool."""
+PAIR_TERM_ALGORITHMS = ("kd", "fa_only", "ucmkd_sum", "ucmkd_pool")
+"""The algorithms that take the instance-level terms of the paired setting (w_kd, w_fm)."""
 
 
 class DistillConfig(BaseModel):
@@ -37,7 +39,18 @@ class DistillConfig(BaseModel):
     """Training algorithm: ce (no distillation), kd_unpaired, fa_only, ucmkd_sum, ucmkd_bilevel;
     with an unlabelled pool, ucmkd_pool (the teacher's terms on the pool) and ssl (the same pool
     and pseudo-labels with no teacher: the control that tells the teacher's part from the
-    pool's)."""
+    pool's); with pairs (``pairing: paired``), kd: Hinton KD toward each row's partner (the
+    labelled rows, and the pool's rows that have partners)."""
+    pairing: Literal["class_matched", "paired"] = "class_matched"
+    """Which teacher-bank row a student row meets: a random row of the same class
+    (class_matched, the unpaired setting), or its own partner, the row with the same pair_id
+    (paired: the benchmark must declare pairs; pool rows meet their partners too)."""
+    w_kd: float = Field(0.0, ge=0.0, le=1e3)
+    """Paired: weight of Hinton KD (temperature ``kd_temperature``) toward the partner's logits
+    on every row that has a partner, labelled or pool (fa_only, ucmkd_sum, ucmkd_pool)."""
+    w_fm: float = Field(0.0, ge=0.0, le=1e3)
+    """Paired: weight of feature matching to the partner, ½‖n(z_s) − n(z_t)‖² with n the FA
+    normalisation, on every row that has a partner (kd, fa_only, ucmkd_sum, ucmkd_pool)."""
     fa: Literal["sinkhorn", "mmd", "reference_ot"] = "sinkhorn"
     """Feature-alignment term."""
     la: Literal["teacher_ce", "kl", "prior", "kappa_reference"] = "teacher_ce"
@@ -143,17 +156,21 @@ class DistillConfig(BaseModel):
 
     @classmethod
     def from_dict(
-        cls, data: dict[str, Any], source: str = "config", prefix: str = ""
+        cls, data: dict[str, Any], source: str = "config", prefix: str = "", across: bool = True
     ) -> DistillConfig:
-        """Validate a dict; errors name ``source`` and every offending key."""
+        """Validate a dict; errors name ``source`` and every offending key. ``across``: also
+        the checks across keys (:meth:`check_pairing`)."""
         if not isinstance(data, dict):
             raise ConfigError(
                 f"{source}: expected a mapping of keys to values, got {type(data).__name__}"
             )
         try:
-            return cls.model_validate(data)
+            cfg = cls.model_validate(data)
         except ValidationError as e:
             raise ConfigError(_describe(e, source, prefix)) from None
+        if across:
+            cfg.check_pairing(source)
+        return cfg
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DistillConfig:
@@ -210,7 +227,34 @@ class DistillConfig(BaseModel):
             "pl_source": self.pl_source,
             "pl_threshold": self.pl_threshold,
             "w_prior": self.w_prior,
+            "w_kd": self.w_kd,
+            "w_fm": self.w_fm,
+            "normalize_mode": self.normalize,
         }
+
+    def check_pairing(self, source: str = "config") -> None:
+        """The paired setting's keys agree with each other (what the data must declare is
+        checked against the data: cmkd.train.check_pairing)."""
+        if self.pairing == "paired":
+            if (self.w_kd > 0 or self.w_fm > 0) and self.algorithm not in PAIR_TERM_ALGORITHMS:
+                raise ConfigError(
+                    f"{source}: key 'distill.w_kd'/'distill.w_fm': algorithm "
+                    f"{self.algorithm!r} takes no instance-level terms; they apply to "
+                    f"{', '.join(PAIR_TERM_ALGORITHMS)}"
+                )
+            return
+        if self.algorithm == "kd":
+            raise ConfigError(
+                f"{source}: key 'distill.algorithm': 'kd' distils each row's partner and needs "
+                "'distill.pairing: paired'; class-matched KD is 'kd_unpaired'"
+            )
+        for key in ("w_kd", "w_fm"):
+            if getattr(self, key) > 0:
+                raise ConfigError(
+                    f"{source}: key 'distill.{key}' ({getattr(self, key)}) is an instance-level "
+                    "term: it needs 'distill.pairing: paired' (a class-matched row is not the "
+                    "same instance); set it to 0 or pair"
+                )
 
 
 VAL_PER_CLASS = 10

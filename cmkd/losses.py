@@ -363,6 +363,15 @@ def kd_unpaired(
     return alpha * kd + (1.0 - alpha) * F.cross_entropy(logits_s, y)
 
 
+def feature_match(z_s: Tensor, z_t: Tensor, *, normalize_mode: str = "l2") -> Tensor:
+    """Paired setting: ½‖n(z_s,i) − n(z_t,i)‖², mean over rows; row i of z_t is the partner of
+    row i of z_s (the same instance in the teacher's modality). (N, D), (N, D) -> scalar."""
+    check_finite("feature_match", z_s=z_s, z_t=z_t)
+    _check_same_dim("feature_match", z_s, z_t)
+    diff = normalize(z_s, normalize_mode) - normalize(z_t.detach(), normalize_mode)
+    return 0.5 * diff.pow(2).sum(-1).mean()
+
+
 def _check_same_dim(term: str, z_s: Tensor, z_t: Tensor) -> None:
     if z_s.shape[-1] != z_t.shape[-1]:
         raise ValueError(

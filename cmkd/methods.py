@@ -28,7 +28,8 @@ class Batch:
 
     x_s: (B, *in_shape) student inputs; y_s: (B,). z_t: (M, D_t) teacher features and
     logits_t: (M, C) teacher logits of teacher-modality samples, y_t: (M,) their labels. With
-    class-matched sampling M = B and y_t == y_s row by row (same class, never the same instance).
+    class-matched sampling M = B and y_t == y_s row by row (same class, never the same instance);
+    paired (``pairing: paired``), row i is the partner of student row i (the same instance).
     """
 
     x_s: Tensor
@@ -56,6 +57,10 @@ class PoolBatch:
     b: Tensor
     prior: Tensor
     ramp: float = 1.0
+    z_p: Tensor | None = None
+    """Paired: (U, D_t) the bank features of each pool row's partner (None: no partners)."""
+    logits_p: Tensor | None = None
+    """Paired: (U, C) the bank logits of each pool row's partner."""
 
 
 FeatureTerm = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (z_s, z_t, y_s, y_t) -> ()
@@ -184,10 +189,12 @@ def fa_only_step(
     fa: FeatureTerm,
     w_fa: float = 1.0,
     grad_clip: float | None = None,
+    **pair,
 ):
-    """Cross-entropy plus feature alignment only (UCMKD's sum with label alignment off)."""
+    """Cross-entropy plus feature alignment only (UCMKD's sum with label alignment off); the
+    paired setting's terms (``pair``: w_kd, w_fm, ...) pass through."""
     return ucmkd_sum_step(
-        student, h_t, opt, batch, fa=fa, la=None, w_fa=w_fa, w_la=0.0, grad_clip=grad_clip
+        student, h_t, opt, batch, fa=fa, la=None, w_fa=w_fa, w_la=0.0, grad_clip=grad_clip, **pair
     )
 
 
@@ -202,8 +209,13 @@ def ucmkd_sum_step(
     w_fa: float = 1.0,
     w_la: float = 1.0,
     grad_clip: float | None = 5.0,
+    w_kd: float = 0.0,
+    w_fm: float = 0.0,
+    kd_temperature: float = 4.0,
+    normalize_mode: str = "l2",
 ):
-    """UCMKD, summed objective: CE + w_fa·FA(z_s, z_t) + w_la·LA(h_s(z_s), h_t(z_s))."""
+    """UCMKD, summed objective: CE + w_fa·FA(z_s, z_t) + w_la·LA(h_s(z_s), h_t(z_s)); paired,
+    also + w_kd·KD + w_fm·FM toward each row's partner (:func:`_pair_terms`)."""
     z_s = student.features(batch.x_s)
     logits_s = student.head(z_s)
     terms = {"ce": F.cross_entropy(logits_s, batch.y_s)}
@@ -211,7 +223,20 @@ def ucmkd_sum_step(
         terms["fa"] = fa(z_s, batch.z_t, batch.y_s, batch.y_t)
     if w_la > 0:
         terms["la"] = la(logits_s, teacher_head_logits(h_t, z_s), batch.y_s)
-    loss = _total(terms, {"fa": w_fa, "la": w_la})
+    pair = {"w_kd": w_kd, "w_fm": w_fm}
+    terms.update(
+        _pair_terms(
+            z_s,
+            logits_s,
+            batch,
+            None,
+            None,
+            **pair,
+            kd_temperature=kd_temperature,
+            normalize_mode=normalize_mode,
+        )
+    )
+    loss = _total(terms, {"fa": w_fa, "la": w_la, "pair_kd": w_kd, "fm": w_fm})
     _update(opt, loss, student, grad_clip)
     return _report(loss, terms)
 
@@ -338,12 +363,18 @@ def ucmkd_pool_step(
     pl_threshold: float = 0.9,
     w_prior: float = 1.0,
     grad_clip: float | None = 5.0,
+    w_kd: float = 0.0,
+    w_fm: float = 0.0,
+    kd_temperature: float = 4.0,
+    normalize_mode: str = "l2",
 ):
     """UCMKD with an unlabelled student pool: on the labelled rows CE + w_fa·FA (class-matched
     bank rows) + w_la·LA; on the pool, label-agnostic unbalanced OT of its features to a bank
     sample (w_uot), pseudo-labels from ``pl_source`` (the teacher head on the student's features,
     the OT plan's class mass, their mean, or the student's own head) taught to the strong view
-    (w_pl), and class-prior matching of its mean prediction (w_prior). The pool terms ramp up."""
+    (w_pl), and class-prior matching of its mean prediction (w_prior). The pool terms ramp up.
+    Paired, the bank sample is the pool rows' partners, and w_kd, w_fm add the instance-level
+    terms on every row with a partner (:func:`_pair_terms`, not ramped)."""
     pool = batch.pool
     z_s, logits_s, z_w, logits_w, logits_strong = _pool_forward(student, batch)
     terms = {"ce": F.cross_entropy(logits_s, batch.y_s)}
@@ -376,16 +407,110 @@ def ucmkd_pool_step(
         terms["pl"] = losses.pseudo_label_ce(logits_strong, probs, pl_threshold)
     if w_prior > 0:
         terms["prior"] = losses.prior_match(logits_w, pool.prior)
+    terms.update(
+        _pair_terms(
+            z_s,
+            logits_s,
+            batch,
+            z_w,
+            logits_w,
+            w_kd=w_kd,
+            w_fm=w_fm,
+            kd_temperature=kd_temperature,
+            normalize_mode=normalize_mode,
+        )
+    )
     ramp = pool.ramp
     weights = {"fa": w_fa, "la": w_la, "uot": ramp * w_uot, "pl": ramp * w_pl}
+    weights.update({"pair_kd": w_kd, "fm": w_fm})
     loss = _total(terms, {**weights, "prior": ramp * w_prior})
     _update(opt, loss, student, grad_clip)
     return {**_report(loss, terms), "pl_kept": _kept(probs, pl_threshold)}
 
 
+def _pair_terms(
+    z_s: Tensor,
+    logits_s: Tensor,
+    batch: Batch,
+    z_w: Tensor | None,
+    logits_w: Tensor | None,
+    *,
+    w_kd: float,
+    w_fm: float,
+    kd_temperature: float,
+    normalize_mode: str,
+) -> dict[str, Tensor]:
+    """The paired setting's instance-level terms over every row with a partner: the labelled
+    rows (partners in ``batch.z_t``/``logits_t``) and, when the pool has partners, its rows (weak
+    view, ``z_w``/``logits_w``). ``pair_kd``: T²·KL toward the partner's softened logits;
+    ``fm``: feature matching to the partner. Weights 0 compute nothing."""
+    pool = batch.pool
+    with_pool = pool is not None and pool.z_p is not None and z_w is not None
+    terms = {}
+    if w_kd > 0:
+        s, t = (
+            (torch.cat([logits_s, logits_w]), torch.cat([batch.logits_t, pool.logits_p]))
+            if with_pool
+            else (logits_s, batch.logits_t)
+        )
+        terms["pair_kd"] = losses.la_kl(s, t, None, temperature=kd_temperature)
+    if w_fm > 0:
+        s, t = (
+            (torch.cat([z_s, z_w]), torch.cat([batch.z_t, pool.z_p]))
+            if with_pool
+            else (z_s, batch.z_t)
+        )
+        terms["fm"] = losses.feature_match(s, t, normalize_mode=normalize_mode)
+    return terms
+
+
+def kd_step(
+    student: Student,
+    h_t: nn.Module,
+    opt,
+    batch: Batch,
+    *,
+    kd_temperature: float = 4.0,
+    kd_alpha: float = 0.9,
+    w_fm: float = 0.0,
+    normalize_mode: str = "l2",
+    grad_clip: float | None = 5.0,
+):
+    """Paired Hinton KD: (1 − α)·CE on the labels + α·T²·KL toward each row's partner's logits,
+    over the labelled rows and the pool rows that have partners (their weak view; a pool row's
+    partner is its only target), + w_fm·feature matching to the partners. The batch's teacher
+    rows must be the partners (``pairing: paired``)."""
+    pool = batch.pool if batch.pool is not None and batch.pool.z_p is not None else None
+    if pool is not None:
+        z = student.features(torch.cat([batch.x_s, pool.x_weak]))
+        z_s, z_w = z.split([len(batch.x_s), len(pool.x_weak)])
+        logits_s, logits_w = student.head(z_s), student.head(z_w)
+    else:
+        z_s = student.features(batch.x_s)
+        logits_s, z_w, logits_w = student.head(z_s), None, None
+    terms = {"ce": F.cross_entropy(logits_s, batch.y_s)}
+    terms.update(
+        _pair_terms(
+            z_s,
+            logits_s,
+            batch,
+            z_w,
+            logits_w,
+            w_kd=1.0,
+            w_fm=w_fm,
+            kd_temperature=kd_temperature,
+            normalize_mode=normalize_mode,
+        )
+    )
+    loss = _total(terms, {"ce": 1.0 - kd_alpha, "pair_kd": kd_alpha, "fm": w_fm})
+    _update(opt, loss, student, grad_clip)
+    return _report(loss, terms)
+
+
 ALGORITHMS: dict[str, Callable[..., dict[str, float]]] = {
     "ce": ce_step,
     "kd_unpaired": kd_unpaired_step,
+    "kd": kd_step,
     "fa_only": fa_only_step,
     "ucmkd_sum": ucmkd_sum_step,
     "ucmkd_bilevel": ucmkd_bilevel_step,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import yaml
@@ -28,6 +29,7 @@ from cmkd.augment import augment, augment_kind
 from cmkd.bank import BankSampler, TeacherBank, control_bank
 from cmkd.config import POOL_ALGORITHMS, ConfigError, DataConfig, DistillConfig, Experiment
 from cmkd.data import (
+    PAIR,
     Meta,
     has_pool,
     load_pool,
@@ -56,10 +58,13 @@ def _builders() -> dict[str, Callable[[Path], object]]:
         "sonified-lt": lambda out: build_sonified(
             out, "sonified-lt", long_tail=True, progress=True
         ),
+        "sonified-paired": lambda out: build_sonified(
+            out, "sonified-paired", paired=True, progress=True
+        ),
     }
 
 
-BUILTIN = ("synth", "synth-nohelp", "avdigits", "sonified", "sonified-lt")
+BUILTIN = ("synth", "synth-nohelp", "avdigits", "sonified", "sonified-lt", "sonified-paired")
 
 
 def resolve_benchmark(name: str, root: str | Path, log=print) -> Path:
@@ -109,6 +114,11 @@ class RunData:
     train_stream: TrainStream | None = None
     x_pool: torch.Tensor | None = None
     """(U, *in_shape) the student modality's unlabelled pool, or None."""
+    pair_train: torch.Tensor | None = None
+    """(N,) int64: the bank row of each labelled row's partner (the benchmark declares pairs),
+    or None."""
+    pair_pool: torch.Tensor | None = None
+    """(U,) int64: the bank row of each pool row's partner, or None (no partners)."""
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -206,11 +216,18 @@ def load_run_data(cfg: DataConfig, seed: int | None = None, log=print) -> RunDat
     else:  # streamed: read only the validation rows, in bounded chunks
         x_val, y_val = read_rows(split_path(bench, student, "train"), shape, ids[val_idx])
     test = load_split(bench, student, "test", meta)
-    pool = None
+    pool = pool_pairs = None
     if cfg.unlabelled != 0 and (cfg.unlabelled != "all" or has_pool(bench, student)):
         limit = None if cfg.unlabelled == "all" else cfg.unlabelled
-        pool = torch.tensor(load_pool(bench, student, meta, limit=limit, seed=seed).x)
+        loaded = load_pool(bench, student, meta, limit=limit, seed=seed)
+        pool, pool_pairs = torch.tensor(loaded.x), loaded.pair_ids
         log(f"unlabelled pool: {len(pool)} {student} rows")
+    pair_train = pair_pool = None
+    if train is not None and train.pair_ids is not None:
+        find = partner_finder(bench, teacher, bank)
+        pair_train = torch.tensor(find(train.pair_ids[idx]))
+        if pool_pairs is not None:
+            pair_pool = torch.tensor(find(pool_pairs))
     t = torch.tensor  # a copy: arrays read from parquet are not writable
     return RunData(
         meta,
@@ -225,7 +242,48 @@ def load_run_data(cfg: DataConfig, seed: int | None = None, log=print) -> RunDat
         bank,
         stream,
         pool,
+        pair_train,
+        pair_pool,
     )
+
+
+def partner_finder(bench: Path, teacher: str, bank: TeacherBank):
+    """pair ids (n,) str -> the bank rows of their partners (n,) int64, -1 where the bank has
+    none (a partner in the teacher's val or test table). The bank's rows are the teacher's train
+    table's, found by id."""
+    path = split_path(bench, teacher, "train")
+    table = pq.read_table(path, columns=["id", PAIR])
+    pair_of = dict(zip(table.column("id").to_pylist(), table.column(PAIR).to_pylist(), strict=True))
+    if bank.ids is None or any(i not in pair_of for i in bank.ids.tolist()):
+        raise ConfigError(
+            f"the {teacher} teacher bank's rows are not the rows of {path}: rebuild the bank "
+            "(its ids find each student row's partner)"
+        )
+    row_of = {pair_of[i]: k for k, i in enumerate(bank.ids.tolist())}
+    return lambda pairs: np.array([row_of.get(p, -1) for p in pairs.tolist()], np.int64)
+
+
+def check_pairing(cfg: DistillConfig, data: RunData, source: str = "distill.pairing") -> None:
+    """The paired setting needs pairs: say so before training, naming what to change."""
+    cfg.check_pairing(source)
+    if cfg.pairing != "paired":
+        return
+    if data.pair_train is None:
+        why = (
+            "its labelled rows are streamed (data.loading: stream); pairs need them in memory"
+            if data.train_stream is not None
+            else f"it declares no pairs (no pair_id column in its {data.student} train table)"
+        )
+        raise ConfigError(
+            f"{source} 'paired': benchmark {data.meta.name!r} cannot pair its rows: {why}; use "
+            f"pairing: class_matched"
+        )
+    lonely = int((data.pair_train < 0).sum())
+    if lonely:
+        raise ConfigError(
+            f"{source} 'paired': {lonely} labelled {data.student} row(s) have no partner in the "
+            f"{data.teacher} teacher bank (their partners are not in its train table)"
+        )
 
 
 def check_pool(cfg: DistillConfig, data: RunData, source: str = "distill.algorithm") -> None:
@@ -369,6 +427,8 @@ class Run:
             self.device, memory_format=torch.channels_last
         )
         check_pool(cfg, data)
+        check_pairing(cfg, data)
+        self.paired = cfg.pairing == "paired"
         bank = control_bank(data.bank, cfg.teacher, data.meta.num_classes)
         self.h_t = bank.head.to(self.device)  # frozen; the only teacher part a run runs
         opt = make_optimizer(cfg, self.student)
@@ -387,7 +447,10 @@ class Run:
         histogram = np.bincount(bank.y, minlength=num_classes).astype(np.float64)
         prior = np.full(num_classes, 1.0 / num_classes) if cfg.prior == "uniform" else histogram
         self.prior = torch.tensor(prior / prior.sum(), dtype=torch.float32, device=self.device)
-        self.uses_pool = cfg.algorithm in POOL_ALGORITHMS
+        # paired KD distils the pool rows that have partners
+        self.uses_pool = cfg.algorithm in POOL_ALGORITHMS or (
+            cfg.algorithm == "kd" and data.x_pool is not None and data.pair_pool is not None
+        )
         n_train = data.train_stream.rows // world if data.train_stream else len(data.y_train)
         per_epoch = cfg.steps_per_epoch or max(n_train // min(cfg.batch_size, max(n_train, 1)), 1)
         self.total_steps, self.steps_done = cfg.epochs * per_epoch, 0
@@ -400,14 +463,18 @@ class Run:
         if data.train_stream is not None:
             self.batch_source = lambda: local_batches(data.train_stream, cfg.batch_size, self.rng)
 
-    def _batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """This epoch's labelled (x, y) batches: index batches of the rows in memory, or a pass
-        over the streamed rows (at most ``steps_per_epoch`` batches of it)."""
+    def _batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """This epoch's labelled (x, y, partners) batches: index batches of the rows in memory,
+        or a pass over the streamed rows (at most ``steps_per_epoch`` batches of it). partners:
+        the bank rows of the rows' partners when the run is paired, else None."""
         if self.batch_source is not None:
-            return itertools.islice(self.batch_source(), self.cfg.steps_per_epoch)
+            return (
+                (x, y, None)
+                for x, y in itertools.islice(self.batch_source(), self.cfg.steps_per_epoch)
+            )
         data = self.data
         return (
-            (data.x_train[idx], data.y_train[idx])
+            (data.x_train[idx], data.y_train[idx], data.pair_train[idx] if self.paired else None)
             for idx in train_batches(
                 len(data.y_train), self.cfg.batch_size, self.cfg.steps_per_epoch, self.rng
             )
@@ -425,8 +492,11 @@ class Run:
     def train_epoch(self) -> dict[str, float]:
         z_bank, logits_bank, y_bank = self.bank_t
         sums, steps, rows_seen = {}, 0, 0
-        for x_s, y_s in self._batches():
-            rows = torch.from_numpy(self.sampler.class_matched(y_s.numpy())).to(self.device)
+        for x_s, y_s, partners in self._batches():
+            if partners is None:
+                rows = torch.from_numpy(self.sampler.class_matched(y_s.numpy())).to(self.device)
+            else:  # paired: each row meets its own partner
+                rows = partners.to(self.device)
             # index_select: advanced indexing of the bank took ~1000x longer at batch 256 under load
             z_t, y_t, logits_t = (t.index_select(0, rows) for t in (z_bank, y_bank, logits_bank))
             x_s, y_s = self._augment(x_s, self.cfg.augment).to(self.device), y_s.to(self.device)
@@ -450,17 +520,31 @@ class Run:
         """Pool rows for one step (two views), a label-independent bank sample and its OT
         weights: the prior spread evenly over the sample's rows of each class."""
         cfg, pool = self.cfg, self.data.x_pool
-        x_u = pool[torch.from_numpy(self.rng.integers(0, len(pool), size=cfg.pool_batch))]
+        draw = torch.from_numpy(self.rng.integers(0, len(pool), size=cfg.pool_batch))
+        x_u = pool[draw]
         weak, strong = self._augment(x_u, "weak"), self._augment(x_u, "strong")
-        rows = torch.from_numpy(self.sampler.independent(cfg.pool_batch)).to(self.device)
-        z_bank, _, y_bank = self.bank_t
+        z_bank, logits_bank, y_bank = self.bank_t
+        paired = self.paired and self.data.pair_pool is not None
+        if paired:  # the pool rows' partners: the OT sample and the instance-level targets
+            rows = self.data.pair_pool[draw].to(self.device)
+        else:
+            rows = torch.from_numpy(self.sampler.independent(cfg.pool_batch)).to(self.device)
         z_b, y_b = z_bank.index_select(0, rows), y_bank.index_select(0, rows)
         counts = torch.bincount(y_b, minlength=len(self.prior)).to(self.prior.dtype)
         b = self.prior[y_b] / counts[y_b]
         ramp_steps = cfg.pl_rampup * self.total_steps
         ramp = 1.0 if ramp_steps < 1 else min(1.0, self.steps_done / ramp_steps)
+        logits_p = logits_bank.index_select(0, rows) if paired else None
         return PoolBatch(
-            weak.to(self.device), strong.to(self.device), z_b, y_b, b / b.sum(), self.prior, ramp
+            weak.to(self.device),
+            strong.to(self.device),
+            z_b,
+            y_b,
+            b / b.sum(),
+            self.prior,
+            ramp,
+            z_b if paired else None,
+            logits_p,
         )
 
     def _score(self, split: str) -> dict[str, float]:
@@ -666,7 +750,7 @@ def check_args(argv=None) -> tuple[argparse.Namespace, Experiment]:
     distill = exp.distill.model_dump()
     try:
         for key, value in args.set:  # each alone first, so that the error names its --set
-            DistillConfig.from_dict({**distill, key: value}, f"--set {key}", "distill.")
+            DistillConfig.from_dict({**distill, key: value}, f"--set {key}", "distill.", False)
         exp = Experiment.from_dict(
             {"data": data, "distill": {**distill, **dict(args.set)}}, source="command line"
         )

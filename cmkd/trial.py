@@ -137,10 +137,16 @@ def pack(data: RunData) -> dict:
         "bank_info": data.bank.info,
         "train_stream": data.train_stream,
         "x_pool": None if data.x_pool is None else data.x_pool.numpy(),
+        "pair_train": None if data.pair_train is None else data.pair_train.numpy(),
+        "pair_pool": None if data.pair_pool is None else data.pair_pool.numpy(),
     }
 
 
-def unpack(payload: dict, x_train: np.ndarray, y_train: np.ndarray) -> RunData:
+def unpack(
+    payload: dict, x_train: np.ndarray, y_train: np.ndarray, rank: int = 0, world: int = 1
+) -> RunData:
+    """A rank's RunData from :func:`pack`'s payload and its labelled rows (those
+    :func:`_train_shard` gives ``rank`` of ``world``: the partners are cut the same way)."""
     from cmkd.models import freeze, linear_head
 
     meta: Meta = payload["meta"]
@@ -153,6 +159,9 @@ def unpack(payload: dict, x_train: np.ndarray, y_train: np.ndarray) -> RunData:
         head=freeze(head),
         info=payload["bank_info"],
     )
+    pairs = payload.get("pair_train")
+    if pairs is not None:
+        pairs = pairs[rank : len(pairs) // world * world : world]
     t = torch.tensor  # copies: arrays from the object store are read-only
     return RunData(
         meta,
@@ -167,6 +176,8 @@ def unpack(payload: dict, x_train: np.ndarray, y_train: np.ndarray) -> RunData:
         bank,
         payload["train_stream"],
         None if payload.get("x_pool") is None else t(payload["x_pool"]),
+        None if pairs is None else t(pairs),
+        None if payload.get("pair_pool") is None else t(payload["pair_pool"]),
     )
 
 
@@ -310,7 +321,7 @@ def _rank_data(payload: dict, train_ref: list | None, rank: int, world: int) -> 
         x, y = np.zeros(0, np.float32), np.zeros(0, np.int64)
     else:
         x, y = _train_shard(train_ref, rank, world)
-    return unpack(payload, x.reshape(-1, *payload["x_val"].shape[1:]), y)
+    return unpack(payload, x.reshape(-1, *payload["x_val"].shape[1:]), y, rank, world)
 
 
 def worker_loop(config: dict) -> None:

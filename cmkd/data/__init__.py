@@ -17,6 +17,7 @@ after :func:`validate_benchmark`.
 
 from cmkd.data.schema import (
     NO_LABEL,
+    PAIR,
     POOL,
     SPLITS,
     DataError,
@@ -39,6 +40,7 @@ from cmkd.data.schema import (
 
 __all__ = [
     "NO_LABEL",
+    "PAIR",
     "POOL",
     "Pool",
     "has_pool",

@@ -5,6 +5,7 @@ python -m cmkd.data build synth-nohelp --out data/synth-nohelp
 python -m cmkd.data build avdigits --out data/avdigits [--languages en,fr --repeats 1 ...]
 python -m cmkd.data build sonified --out data/sonified
 python -m cmkd.data build sonified-lt --out data/sonified-lt
+python -m cmkd.data build sonified-paired --out data/sonified-paired
 python -m cmkd.data convert ravdess RAW_DIR --out data/ravdess
 python -m cmkd.data convert ave RAW_DIR --out data/ave [--image-size 32 --segment event]
 python -m cmkd.data validate data/avdigits
@@ -36,7 +37,7 @@ from cmkd.data.schema import (
     validate_benchmark,
 )
 
-SONIFIED = ("sonified", "sonified-lt")
+SONIFIED = ("sonified", "sonified-lt", "sonified-paired")
 _SYNTH_KNOBS = {  # flag: help, and the range SynthParams checks (here per flag, by name)
     "num_classes": ("classes shared by both modalities", cli.integer(2)),
     "dim": ("observed features per modality, x: (dim,)", cli.positive_int),
@@ -134,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
         "sonified-lt",
         help="sonified with a long-tailed class prior (imbalance 10) shared by the images, the "
         "audio pool and the audio test split; balanced audio train and val",
+    )
+    names.add_parser(
+        "sonified-paired",
+        help="sonified with true pairs: every clip is the sound of an image of the image "
+        "tables, both rows carrying the same pair_id (the paired setting)",
     )
     for sub in names.choices.values():
         sub.add_argument(
@@ -298,7 +304,12 @@ def _build(args: argparse.Namespace) -> int:
         "ave": lambda: convert_ave(args.raw, out, seed, progress=True, **options),
         **{
             name: lambda name=name: build_sonified(
-                out, name, long_tail=name.endswith("-lt"), seed=seed, progress=True
+                out,
+                name,
+                long_tail=name.endswith("-lt"),
+                paired=name.endswith("-paired"),
+                seed=seed,
+                progress=True,
             )
             for name in SONIFIED
         },

@@ -13,6 +13,8 @@ Each parquet file has the columns
            left out, and if present every value must be -1 (``NO_LABEL``)
     x      fixed_size_list<float32>[prod(shape)]; the field metadata key ``shape`` holds the shape
     group  optional string: speaker, voice or writer, for group-disjoint splits
+    pair_id  optional string: the instance a row shows. Rows of two modalities with the same
+           pair_id are one instance seen twice (the paired setting); see :func:`check_pairs`
 
 Every problem found in the data raises :class:`DataError` naming the file and the column (or
 the meta.json key), what was expected and what was found, so a run fails before training starts.
@@ -38,6 +40,8 @@ POOL = "unlabelled"
 NO_LABEL = -1
 """The label value a pool row may carry: no label."""
 META_FILE = "meta.json"
+PAIR = "pair_id"
+"""The optional column naming the instance a row shows (the paired setting)."""
 ROW_GROUP_BYTES = 64 * 2**20
 _MODALITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -79,7 +83,8 @@ class Meta:
 class Split:
     """One modality's split, loaded and checked.
 
-    x: (N, *shape) float32, y: (N,) int64, ids: (N,) str, groups: (N,) str or None.
+    x: (N, *shape) float32, y: (N,) int64, ids: (N,) str, groups: (N,) str or None,
+    pair_ids: (N,) str or None (no pair_id column).
     """
 
     x: np.ndarray
@@ -87,6 +92,7 @@ class Split:
     ids: np.ndarray
     groups: np.ndarray | None
     path: Path
+    pair_ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -107,12 +113,14 @@ def write_split(
     ids: Sequence[str],
     groups: Sequence[str] | None = None,
     *,
+    pair_ids: Sequence[str] | None = None,
     row_group_rows: int | None = None,
 ) -> Path:
     """Write one modality's split as parquet.
 
     x: (N, *shape) floating, stored as float32; y: (N,) integer; ids: N unique strings;
-    groups: N strings or None. The shape goes into the field metadata of x. Row groups hold
+    groups: N strings or None; pair_ids: N strings (each row's partner in another modality
+    has the same one) or None. The shape goes into the field metadata of x. Row groups hold
     ``row_group_rows`` rows (default: about 64 MiB of features each), the unit a streamed
     epoch reads at a time.
     """
@@ -124,8 +132,8 @@ def write_split(
     n, shape = x.shape[0], tuple(int(s) for s in x.shape[1:])
     if not np.issubdtype(y.dtype, np.integer) or y.shape != (n,):
         raise ValueError(f"y must be ({n},) integer, got {y.shape} {y.dtype}")
-    if len(ids) != n or (groups is not None and len(groups) != n):
-        raise ValueError(f"ids and groups must have {n} entries like x")
+    if any(v is not None and len(v) != n for v in (ids, groups, pair_ids)):
+        raise ValueError(f"ids, groups and pair_ids must have {n} entries like x")
     x_type = pa.list_(pa.float32(), math.prod(shape))
     columns = {
         "id": pa.array([str(i) for i in ids], pa.string()),
@@ -140,6 +148,9 @@ def write_split(
     if groups is not None:
         columns["group"] = pa.array([str(g) for g in groups], pa.string())
         fields.append(pa.field("group", pa.string(), nullable=False))
+    if pair_ids is not None:
+        columns[PAIR] = pa.array([str(p) for p in pair_ids], pa.string())
+        fields.append(pa.field(PAIR, pa.string(), nullable=False))
     table = pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields))
     path.parent.mkdir(parents=True, exist_ok=True)
     if row_group_rows is None:
@@ -154,14 +165,23 @@ def write_pool(
     ids: Sequence[str],
     groups: Sequence[str] | None = None,
     *,
+    pair_ids: Sequence[str] | None = None,
     row_group_rows: int | None = None,
 ) -> Path:
     """Write an unlabelled pool: the columns of :func:`write_split` without ``label``.
 
-    x: (N, *shape) floating; ids: N unique strings; groups: N strings or None.
+    x: (N, *shape) floating; ids: N unique strings; groups, pair_ids: N strings or None.
     """
     path = Path(
-        write_split(path, x, np.full(len(x), NO_LABEL), ids, groups, row_group_rows=row_group_rows)
+        write_split(
+            path,
+            x,
+            np.full(len(x), NO_LABEL),
+            ids,
+            groups,
+            pair_ids=pair_ids,
+            row_group_rows=row_group_rows,
+        )
     )
     table = pq.read_table(path)
     pq.write_table(
@@ -265,19 +285,23 @@ def load_split(directory: str | Path, modality: str, split: str, meta: Meta | No
         raise DataError(path, "expected at least one row, found none", column="label")
     ids, y, x = _checked_rows(path, table, shape, meta)
     _check_unique_ids(path, ids)
-    groups = None
+    groups = pair_ids = None
     if "group" in columns:
         groups = np.asarray(table.column("group").to_pylist(), dtype=str)
-    return Split(x=x, y=y, ids=ids, groups=groups, path=path)
+    if PAIR in columns:
+        pair_ids = np.asarray(table.column(PAIR).to_pylist(), dtype=str)
+    return Split(x=x, y=y, ids=ids, groups=groups, path=path, pair_ids=pair_ids)
 
 
 @dataclass(frozen=True, eq=False)
 class Pool:
-    """A modality's unlabelled pool, loaded and checked: x (N, *shape) float32, ids (N,) str."""
+    """A modality's unlabelled pool, loaded and checked: x (N, *shape) float32, ids (N,) str,
+    pair_ids (N,) str or None."""
 
     x: np.ndarray
     ids: np.ndarray
     path: Path
+    pair_ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -323,7 +347,7 @@ def load_pool(
         )
     schema = _read_schema(path)
     _check_schema(path, schema, shape, label=False)
-    columns = ["id", "x"] + (["label"] if "label" in schema.names else [])
+    columns = ["id", "x"] + [c for c in ("label", PAIR) if c in schema.names]
     rows = pq.ParquetFile(path).metadata.num_rows
     if rows == 0:
         raise DataError(path, "expected at least one row, found none", column="x")
@@ -331,7 +355,7 @@ def load_pool(
     if limit is not None and limit < rows:
         keep = np.zeros(rows, bool)
         keep[np.random.default_rng([seed, 4049]).choice(rows, limit, replace=False)] = True
-    ids_all, xs, start = [], [], 0
+    ids_all, xs, pairs, start = [], [], [], 0
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
             table = pa.Table.from_batches([batch])
@@ -356,11 +380,14 @@ def load_pool(
             ids, _, x = _checked_rows(path, table, shape, meta)
             ids_all.append(ids)
             xs.append(x)
+            if PAIR in columns:
+                pairs.append(np.asarray(table.column(PAIR).to_pylist(), dtype=str))
     except (pa.ArrowException, OSError) as err:
         raise DataError(path, f"unreadable parquet data ({err})") from None
     ids = np.concatenate(ids_all)
     _check_unique_ids(path, ids)
-    return Pool(x=np.concatenate(xs), ids=ids, path=path)
+    pair_ids = np.concatenate(pairs) if PAIR in columns else None
+    return Pool(x=np.concatenate(xs), ids=ids, path=path, pair_ids=pair_ids)
 
 
 def scan_labels(
@@ -405,7 +432,7 @@ def _open_split(directory, modality: str, split: str, meta: Meta | None):
     shape = meta.shapes[modality]
     schema = _read_schema(path)
     _check_schema(path, schema, shape)
-    columns = ["id", "label", "x"] + (["group"] if "group" in schema.names else [])
+    columns = ["id", "label", "x"] + [c for c in ("group", PAIR) if c in schema.names]
     return path, shape, columns
 
 
@@ -504,7 +531,106 @@ def validate_benchmark(directory: str | Path, modalities: Sequence[str] | None =
                     f"found labels {only_m} only here and {only_first} only there",
                     column="label",
                 )
+    check_pairs(directory, meta, modalities)
     return meta
+
+
+PAIR_GROUPS: tuple[tuple[str, ...], ...] = (("train", POOL), ("val",), ("test",))
+"""Where a row's partner lies: in the other modality's table of the same split, the train table
+and the unlabelled pool counting as one (a pool row's partner is a training row of the other
+modality, the rows a teacher bank is built from, or a pool row)."""
+
+
+def paired_modalities(directory: str | Path, meta: Meta) -> list[str]:
+    """The modalities whose train table has a ``pair_id`` column (footers only)."""
+    return [
+        m for m in meta.modalities if PAIR in _read_schema(split_path(directory, m, "train")).names
+    ]
+
+
+def read_pairs(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A table's pair ids (N,) str and labels (N,) int64 (None in a pool), no features read."""
+    names = _read_schema(path).names
+    columns = [PAIR] + (["label"] if "label" in names else [])
+    table = pq.read_table(path, columns=columns)
+    labels = table.column("label").to_numpy() if "label" in names else None
+    if labels is not None and (labels == NO_LABEL).all() and path.name.endswith(f"_{POOL}.parquet"):
+        labels = None
+    return np.asarray(table.column(PAIR).to_pylist(), dtype=str), labels
+
+
+def check_pairs(directory: str | Path, meta: Meta, modalities: Sequence[str]) -> None:
+    """The pairs a benchmark declares, checked across its paired modalities when one of
+    ``modalities`` is paired (only the pair_id and label columns are read); no-op without pairs.
+
+    A modality declares pairs with a ``pair_id`` column in its train table; then its val and
+    test tables need one too (its pool may have one). Every pair id is unique within a
+    modality's train table and pool together, and within each of its val and test tables; each
+    has its partner (the same pair id) in every other paired modality's tables of the same
+    split (:data:`PAIR_GROUPS`); partners with labels have the same label.
+    """
+    paired = paired_modalities(directory, meta)
+    if not set(paired) & set(modalities):
+        return
+    if len(paired) == 1:
+        other = next((m for m in meta.modalities if m != paired[0]), paired[0])
+        raise DataError(
+            split_path(directory, paired[0], "train"),
+            f"declares pairs, but no table of modality {other!r} has a {PAIR} column: every "
+            f"{PAIR} needs a partner in another modality (or drop the column)",
+            column=PAIR,
+        )
+    seen: dict[tuple[str, tuple[str, ...]], dict[str, tuple[Path, int | None]]] = {}
+    for m in paired:
+        for group in PAIR_GROUPS:
+            rows: dict[str, tuple[Path, int | None]] = {}
+            for split in group:
+                path = split_path(directory, m, split)
+                if split == POOL and not path.is_file():
+                    continue
+                if PAIR not in _read_schema(path).names:
+                    if split == POOL:
+                        continue
+                    raise DataError(
+                        path,
+                        f"missing: {split_path(directory, m, 'train').name} declares pairs, so "
+                        f"every labelled table of {m!r} needs a {PAIR} column",
+                        column=PAIR,
+                    )
+                pairs, labels = read_pairs(path)
+                for i, pid in enumerate(pairs.tolist()):
+                    if pid in rows:
+                        raise DataError(
+                            path,
+                            f"expected unique pair ids within {m!r}'s {' and '.join(group)} "
+                            f"tables, found {pid!r} twice (also in {rows[pid][0].name})",
+                            column=PAIR,
+                        )
+                    rows[pid] = (path, None if labels is None else int(labels[i]))
+            seen[m, group] = rows
+    first = paired[0]
+    for m in paired[1:]:
+        for group in PAIR_GROUPS:
+            a, b = seen[first, group], seen[m, group]
+            for mine, theirs, other in ((a, b, m), (b, a, first)):
+                lonely = next((pid for pid in mine if pid not in theirs), None)
+                if lonely is not None:
+                    raise DataError(
+                        mine[lonely][0],
+                        f"pair id {lonely!r} has no partner: no row of {other!r}'s "
+                        f"{' or '.join(group)} table has it",
+                        column=PAIR,
+                    )
+            for pid, (path, label) in a.items():
+                other_path, other_label = b[pid]
+                if label is not None and other_label is not None and label != other_label:
+                    raise DataError(
+                        path,
+                        f"pair id {pid!r} has label {label} here but label {other_label} in "
+                        f"its partner's table {other_path}: a pair shows one instance, so one "
+                        "class",
+                        column=PAIR,
+                    )
 
 
 def subsample_per_class(y: np.ndarray, k: int | str | None, seed: int) -> np.ndarray:
@@ -555,7 +681,7 @@ def _check_schema(
     for name in ("id", "label", "x") if label else ("id", "x"):
         if name not in schema.names:
             raise DataError(path, f"missing; found columns {schema.names}", column=name)
-    for name in ("id", "group"):
+    for name in ("id", "group", PAIR):
         if name in schema.names:
             t = schema.field(name).type
             if not (pa.types.is_string(t) or pa.types.is_large_string(t)):

