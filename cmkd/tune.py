@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--benchmark",
         default="sonified",
-        help="synth, synth-nohelp, avdigits, sonified, sonified-lt, or the folder of a built "
+        help="synth, synth-nohelp, avdigits, sonified, sonified-lt, sonified-paired, or the folder of a built "
         "benchmark",
     )
     p.add_argument("--student", help="student modality (default: the benchmark's second)")
@@ -204,19 +204,47 @@ def check_flags(args) -> None:
 
 def auto_space(args) -> str:
     """--space auto: the pool space when the student modality has an unlabelled pool to learn
-    from (every built-in benchmark builds one), else the default space; any other value as is."""
+    from (every built-in benchmark builds one), the paired space when its rows also have
+    partners (a pair_id column), else the default space; any other value as is."""
     if args.space != "auto":
         return args.space
     if args.unlabelled == 0:
         return "default"
     folder = Path(args.benchmark)
     if not (folder / "meta.json").is_file():  # a built-in (built with its pool) or an error later
-        return "pool"
+        return "paired" if args.benchmark.endswith("-paired") else "pool"
     from cmkd.data import has_pool, read_meta
+    from cmkd.data.schema import paired_modalities
 
-    modalities = read_meta(folder).modalities
+    meta = read_meta(folder)
+    modalities = meta.modalities
     student = args.student or (modalities[1] if len(modalities) > 1 else modalities[0])
-    return "pool" if has_pool(folder, student) else "default"
+    if not has_pool(folder, student):
+        return "default"
+    return "paired" if student in paired_modalities(folder, meta) else "pool"
+
+
+def space_pairings(space) -> tuple[str, ...]:
+    """The values of ``pairing`` the space's trials can take."""
+    for p in space.params:
+        if p.name == "pairing":
+            return tuple(p.choices)
+    return (space.fixed.get("pairing", "class_matched"),)
+
+
+def check_pairing(space, data) -> None:
+    """A space that pairs needs a benchmark with pairs, and kd needs a space that pairs: said
+    before any trial starts."""
+    pairings = space_pairings(space)
+    if "kd" in space.algorithms and "paired" not in pairings:
+        raise ConfigError(
+            f"{space.path}: params.algorithm can be 'kd' (KD toward each row's partner), but no "
+            "trial pairs its rows: add 'pairing: paired' to fixed, or use kd_unpaired"
+        )
+    if "paired" in pairings:
+        from cmkd.train import check_pairing as check_data
+
+        check_data(DistillConfig(pairing="paired"), data, f"{space.path}: pairing")
 
 
 def sweep_name(args) -> str:
@@ -397,6 +425,7 @@ def main(argv=None) -> int:
         from cmkd.train import load_run_data
 
         data = load_run_data(data_cfg)
+        check_pairing(space, data)
         args.prepare_s = time.perf_counter() - t_start  # building, validating, loading the data
     except (ConfigError, SpaceError, ValueError, FileNotFoundError) as e:
         return cli.error(str(e))
