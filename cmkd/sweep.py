@@ -773,7 +773,12 @@ def summary_of(config: dict) -> str:
         return "?"
     if config.get("algorithm") == "ce":
         return "no distillation"
-    keys = SUMMARY_KEYS if config.get("algorithm") != "kd_unpaired" else ("algorithm",)
+    keys = {
+        "kd_unpaired": ("algorithm",),
+        "kd": ("algorithm", "pairing", "kd_temperature", "kd_alpha", "w_fm"),
+    }.get(config.get("algorithm"), SUMMARY_KEYS)
+    if config.get("pairing") == "paired" and "pairing" not in keys:
+        keys = (*keys, "pairing")
     return ", ".join(
         f"{k}={config[k]:.3g}" if isinstance(config[k], float) else f"{k}={config[k]}"
         for k in keys
