@@ -295,3 +295,38 @@ def test_each_workers_shard_keeps_its_rows_partners(data, world):
         assert len(shard.pair_train) == len(shard.y_train)
         assert torch.equal(torch.tensor(data.bank.y)[shard.pair_train], shard.y_train)
         assert torch.equal(shard.pair_train, data.pair_train[keep])
+
+
+# ----------------------------------------------------------------------------- the sweep's checks
+
+
+def test_auto_space_pairs_when_the_rows_have_partners(bench, tmp_path):
+    from types import SimpleNamespace
+
+    from cmkd.tune import auto_space
+
+    args = lambda b: SimpleNamespace(space="auto", unlabelled="all", benchmark=str(b), student=None)
+    assert auto_space(args(bench)) == "paired"
+    assert (
+        auto_space(SimpleNamespace(**{**vars(args(bench)), "benchmark": "sonified-paired"}))
+        == "paired"
+    )
+    out = tmp_path / "synth"
+    build_synth(out, "synth", seed=0, train_per_class=4, val_per_class=2, test_per_class=2)
+    assert auto_space(args(out)) == "pool"
+
+
+def test_a_space_that_cannot_pair_is_refused_before_any_trial(bench, data, tmp_path):
+    from cmkd.space import load_space
+    from cmkd.tune import check_pairing
+
+    check_pairing(load_space("paired"), data)  # pairs: fine
+    unpaired = train.RunData(**{**data.__dict__, "pair_train": None, "pair_pool": None})
+    with pytest.raises(ConfigError, match=r"paired\.yaml: pairing 'paired': .* declares no pairs"):
+        check_pairing(load_space("paired"), unpaired)
+    kd = tmp_path / "kd.yaml"
+    kd.write_text("params:\n  algorithm: {choice: [ce, kd]}\n")
+    with pytest.raises(
+        ConfigError, match=r"kd\.yaml: params\.algorithm can be 'kd'.*pairing: paired"
+    ):
+        check_pairing(load_space(kd), data)

@@ -4,8 +4,9 @@ schema    the layout, its validation, loading, per-class subsampling (exported h
 synth     two-view Gaussian benchmarks `synth` and `synth-nohelp`, with unlabelled pools
 avdigits  MNIST digits and espeak-ng spoken digits (`image`, `audio`), an unlabelled audio pool
 sonified  MNIST digits (`image`) and other MNIST digits made audible by the vOICe mapping
-          (`audio`, held-out voices, an unlabelled pool): `sonified` and the long-tailed
-          `sonified-lt`
+          (`audio`, held-out voices, an unlabelled pool): `sonified`, the long-tailed
+          `sonified-lt`, and `sonified-paired`, whose clips are the sounds of the teacher's
+          images (true pairs: a shared pair_id)
 convert   RAVDESS (audio, face video frames) and CREMA-D (audio) raw releases to the layout
 ave       the AVE raw release (audio of each event, the frame at its middle), official splits
 video     PyAV decoding: a clip's audio track, the frame at a time, thumbnails
