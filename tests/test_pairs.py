@@ -330,3 +330,33 @@ def test_a_space_that_cannot_pair_is_refused_before_any_trial(bench, data, tmp_p
         ConfigError, match=r"kd\.yaml: params\.algorithm can be 'kd'.*pairing: paired"
     ):
         check_pairing(load_space(kd), data)
+
+
+@pytest.mark.ray
+def test_a_two_worker_ray_train_run_gives_each_rank_its_rows_partners(
+    bench, data, tmp_path, ray_tmp
+):
+    """kd_unpaired checks row by row that the bank rows a batch meets have its labels: paired,
+    a rank whose partners were cut differently from its rows would fail at its first step."""
+    import ray
+
+    from cmkd.trial import Resources, retrain_distributed
+
+    config = DistillConfig(
+        algorithm="kd_unpaired", pairing="paired", epochs=2, steps_per_epoch=3, batch_size=4
+    ).model_dump()
+    ray.init(num_cpus=2, logging_level="ERROR", log_to_driver=False, _temp_dir=ray_tmp)
+    try:
+        out = retrain_distributed(
+            config,
+            name="paired-ddp",
+            metric="val_acc",
+            payload_ref=[ray.put(pack(data))],
+            train_ref=[ray.put((data.x_train.numpy(), data.y_train.numpy()))],
+            data_cfg=data_cfg(bench).model_dump(),
+            resources=Resources(workers=2, cpus_per_worker=1.0),
+            storage=str(tmp_path),
+        )
+    finally:
+        ray.shutdown()
+    assert out["epoch"] == 2 and 0.0 <= out["test_acc"] <= 1.0
