@@ -87,6 +87,20 @@ def hf_config(path: str | Path):
     return AutoConfig.from_pretrained(str(folder), local_files_only=True)
 
 
+def hf_takes_embeddings(config) -> bool | None:
+    """Whether the ``AutoModel`` class of ``config`` takes ``inputs_embeds`` (how
+    :class:`HFEncoder` feeds it); None when transformers maps no model class to it."""
+    import inspect
+
+    from transformers import MODEL_MAPPING
+
+    try:
+        cls = MODEL_MAPPING[type(config)]
+    except (KeyError, ValueError):
+        return None
+    return "inputs_embeds" in inspect.signature(cls.forward).parameters
+
+
 class HFEncoder(nn.Module):
     """A ``transformers`` encoder over a sequence of input vectors, mean-pooled.
 

@@ -34,7 +34,7 @@ from cmkd import cli
 from cmkd.bank import write_bank
 from cmkd.config import ConfigError, HFEncoderSpec, encoder_arg, parse_encoder
 from cmkd.data import POOL, load_split, split_path, validate_benchmark
-from cmkd.models import build_encoder, hf_config, hf_in_dim, linear_head
+from cmkd.models import build_encoder, hf_config, hf_in_dim, hf_takes_embeddings, linear_head
 
 TEACHER_FILE = "teacher.pt"
 ENGINES = ("local", "ray")
@@ -97,6 +97,12 @@ def resolve_encoder(
         raise ConfigError(
             f"{sub}path {encoder.path!r}: config.json gives no hidden_size; expected an encoder "
             "model whose hidden states the features are pooled from"
+        )
+    if hf_takes_embeddings(config) is False:
+        raise ConfigError(
+            f"{sub}path {encoder.path!r}: its model type {config.model_type!r} takes no "
+            "inputs_embeds, and rows of features reach the model only that way; expected an "
+            "encoder that takes them (BERT-like: bert, roberta, distilbert, ...)"
         )
     frames = shape[0] if len(shape) == 2 else shape[-1]
     longest = getattr(config, "max_position_embeddings", None)

@@ -171,6 +171,18 @@ def test_too_many_frames_for_the_models_positions_are_refused(tmp_path):
         load_run_data(data_cfg(bench, path=str(save_bert(tmp_path / "b", 16))))
 
 
+def test_a_model_that_takes_no_feature_rows_is_refused(world, tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    bench, _, _ = world
+    cfg = AutoConfig.for_model(
+        "vit", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    AutoModel.from_config(cfg).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ConfigError, match=r"data.encoder.path .*'vit' takes no inputs_embeds"):
+        load_run_data(data_cfg(bench, path=str(tmp_path / "vit")))
+
+
 # ------------------------------------------------------------------ what gets built
 
 
