@@ -142,6 +142,21 @@ def benchmark_fingerprint(directory: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def saved_spec(spec: dict) -> dict:
+    """The spec teacher.pt keeps: a pretrained encoder's folder is replaced by the model's
+    config (its weights are in the checkpoint), so that loading the teacher, in a Ray Data
+    actor on any node, needs teacher.pt alone. The folder stays as ``pretrained``."""
+    kwargs = dict(spec["encoder_kwargs"])
+    if spec["encoder"] != "hf" or "path" not in kwargs:
+        return spec
+    path = kwargs.pop("path")
+    return {
+        **spec,
+        "encoder_kwargs": {**kwargs, "config": hf_config(path).to_dict()},
+        "pretrained": path,
+    }
+
+
 def build_teacher(spec: dict) -> nn.Sequential:
     """Encoder + linear head from a teacher spec (the ``spec`` saved in teacher.pt)."""
     encoder = build_encoder(
@@ -359,7 +374,7 @@ def train_teacher(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"spec": spec, "state": model.state_dict()}, out / TEACHER_FILE)
+    torch.save({"spec": saved_spec(spec), "state": model.state_dict()}, out / TEACHER_FILE)
     t1 = time.perf_counter()
     if engine == "ray":
         z, logits = encode_ray(

@@ -250,7 +250,14 @@ def test_a_pretrained_teacher_writes_a_bank_its_checkpoint_reproduces(world, tmp
     }
     info = json.loads((tmp_path / "t" / "bank.json").read_text())
     assert info["teacher"]["encoder"]["kind"] == "hf"
-    encoder, head, spec = load_teacher(tmp_path / "t" / TEACHER_FILE)
+    # teacher.pt alone rebuilds it: the model folder may be gone where the bank is computed
+    moved = tmp_path / "moved"
+    bert32.rename(moved)
+    try:
+        encoder, head, spec = load_teacher(tmp_path / "t" / TEACHER_FILE)
+    finally:
+        moved.rename(bert32)
+    assert spec["pretrained"] == str(bert32) and "path" not in spec["encoder_kwargs"]
     z, logits = encode(encoder, head, load_split(bench, "spec", "train").x)
     np.testing.assert_allclose(z, bank.z, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logits, bank.logits, rtol=1e-5, atol=1e-5)
