@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cmkd.bank import TeacherBank
+from cmkd.config import Experiment, HFEncoderSpec
 from cmkd.data import load_split, split_path, write_meta, write_split
 from cmkd.data.synth import SynthParams, sample_synth
 from cmkd.teacher import TEACHER_FILE, benchmark_fingerprint, encode, load_teacher
@@ -141,6 +142,9 @@ def test_bank_from_a_pretrained_teacher_through_ray_data_then_a_sweep_with_a_pre
         ]
     )
     results = json.loads((storage / "hf" / "results.json").read_text())
+    # the recommendation keeps the student's encoder: `cmkd.train --config best.yaml` reruns it
+    best = Experiment.from_yaml(storage / "hf" / "best.yaml")
+    assert best.data.encoder == HFEncoderSpec(kind="hf", path=student_model)
     trials = results["trials"]
     assert len(trials) == 3 and all(t["error"] is None for t in trials), stdout[-2000:]
     assert all(t["epochs_run"] == 1 and 0.0 <= t["best_val_acc"] <= 1.0 for t in trials)
