@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cmkd import methods
 
@@ -257,6 +257,95 @@ class DistillConfig(BaseModel):
                 )
 
 
+ENCODER_NAMES = ("auto", "mlp", "cnn")
+"""Encoders named by a plain string in ``data.encoder``; a pretrained one is a mapping."""
+
+
+class HFEncoderSpec(BaseModel):
+    """A pretrained ``transformers`` encoder read from a local folder (never the hub).
+
+    It reads rows shaped as sequences (T, F) or spectrograms (1, F, T): each frame is mapped by
+    a linear layer to the model's hidden size and fed as ``inputs_embeds``; the outputs are
+    mean-pooled over time.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["hf"]
+    """Always ``hf``."""
+    path: str
+    """The model's folder, as written by ``save_pretrained`` (config.json and the weights); made
+    absolute when read, since trials run in other working directories. On a cluster, a folder
+    every node can read."""
+    project: bool = True
+    """Map the pooled hidden state (hidden_size) linearly to the feature size. False: the
+    features are the pooled hidden states themselves, so hidden_size must equal the feature
+    size (the teacher bank's feature_dim for a student)."""
+    finetune: bool = True
+    """Train the pretrained weights too. False: they stay frozen (and in eval mode); only the
+    input map, the projection and the heads learn."""
+
+
+def _sub(key: str, field: str) -> str:
+    """The name of a field inside a setting: data.encoder.path, or --encoder path."""
+    return f"{key}.{field}" if not key.startswith("-") else f"{key} {field}"
+
+
+def parse_encoder(value: Any, key: str = "data.encoder") -> str | HFEncoderSpec:
+    """An encoder setting: a name of :data:`ENCODER_NAMES`, or a mapping {kind: hf, path: DIR,
+    project: true, finetune: true}. A problem is a ConfigError naming ``key`` (and its field)."""
+    expected = (
+        f"expected one of {', '.join(ENCODER_NAMES)}, or a mapping {{kind: hf, path: DIR}} for "
+        "a pretrained transformers model saved in folder DIR"
+    )
+    if isinstance(value, HFEncoderSpec) or (isinstance(value, str) and value in ENCODER_NAMES):
+        return value
+    if isinstance(value, str):
+        hint = " (a transformers encoder needs its folder)" if value == "hf" else ""
+        raise ConfigError(f"{key} {value!r}: not an encoder{hint}; {expected}")
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: got {value!r}; {expected}")
+    fields = list(HFEncoderSpec.model_fields)
+    for name in value:
+        if name not in fields:
+            near = difflib.get_close_matches(str(name), fields, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ConfigError(f"{key}: unknown key '{name}'{hint}; expected some of {fields}")
+    if value.get("kind") != "hf":
+        raise ConfigError(
+            f"{_sub(key, 'kind')}: got {value.get('kind')!r}; a mapping describes a pretrained "
+            f"encoder, kind: hf (the others are plain names: {', '.join(ENCODER_NAMES)})"
+        )
+    path = value.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(
+            f"{_sub(key, 'path')}: got {path!r}; expected the local folder of a transformers "
+            "model (written by save_pretrained, holding config.json)"
+        )
+    try:
+        spec = HFEncoderSpec.model_validate(value)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(
+            f"{_sub(key, str(err['loc'][0]))}: {err['msg']} (got {err.get('input')!r})"
+        ) from None
+    return spec.model_copy(update={"path": str(Path(path).expanduser().absolute())})
+
+
+def encoder_arg(text: str) -> str | HFEncoderSpec:
+    """An argparse ``type=`` for ``--encoder``: a name, or a YAML mapping {kind: hf, path: DIR}."""
+    import argparse
+
+    try:
+        return parse_encoder(yaml.safe_load(text), "--encoder")
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}, expected auto, mlp, cnn or a YAML mapping '{{kind: hf, path: DIR}}'"
+        ) from None
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 VAL_PER_CLASS = 10
 """Default validation rows per class: twice the default label budget, so that selection sees
 about 100 rows on 10 classes (about ±5 points of sampling error at 50% accuracy)."""
@@ -281,8 +370,10 @@ class DataConfig(BaseModel):
     benchmark's own validation table."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed of the labelled subset and of the validation draw (not of training)."""
-    encoder: Literal["auto", "mlp", "cnn"] = "auto"
-    """Student encoder: auto picks a CNN for (C, H, W) inputs and an MLP for vectors."""
+    encoder: Literal["auto", "mlp", "cnn"] | HFEncoderSpec = "auto"
+    """Student encoder: auto picks a CNN for (C, H, W) inputs and an MLP for vectors; or a
+    pretrained transformers model, {kind: hf, path: DIR} (:class:`HFEncoderSpec`), for
+    sequences (T, F) and spectrograms (1, F, T)."""
     feature_dim: int | None = Field(None, ge=2, le=65_536)
     """Student feature size before the projection (default: the teacher's)."""
     data_root: str = "data"
@@ -296,6 +387,11 @@ class DataConfig(BaseModel):
     the file: it is an error if the benchmark has none."""
     stream_above_mb: float = Field(1024.0, gt=0)
     """With loading auto: stream when the labelled rows' features exceed this many MiB."""
+
+    @field_validator("encoder", mode="before")
+    @classmethod
+    def _encoder(cls, value: Any) -> Any:
+        return parse_encoder(value)
 
     @classmethod
     def model_validate_strict(cls, data: Any, source: str) -> DataConfig:
@@ -358,6 +454,8 @@ def _describe(error: ValidationError, source: str, prefix: str = "") -> str:
             near = difflib.get_close_matches(key.removeprefix(prefix), fields, n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else ""
             lines.append(f"{source}: unknown key '{key}'{hint}")
+        elif isinstance(errs[0].get("ctx", {}).get("error"), ConfigError):
+            lines.append(f"{source}: {errs[0]['ctx']['error']}")  # it names its key already
         else:
             msg = " or ".join(dict.fromkeys(e["msg"] for e in errs))
             lines.append(f"{source}: key '{key}': {msg} (got {errs[0].get('input')!r})")

@@ -62,19 +62,72 @@ def cnn_encoder(
     )
 
 
+def hf_in_dim(in_shape: tuple[int, ...]) -> int | None:
+    """Features per frame a transformers encoder reads from rows of ``in_shape``: F of a
+    sequence (T, F) or of a spectrogram (1, F, T); None for any other shape (vectors, images)."""
+    if len(in_shape) == 2 or (len(in_shape) == 3 and in_shape[0] == 1):
+        return int(in_shape[-1] if len(in_shape) == 2 else in_shape[-2])
+    return None
+
+
+def hf_config(path: str | Path):
+    """The ``transformers`` config of a local model folder (never the hub).
+
+    Raises FileNotFoundError naming the folder when it, or its config.json, is missing.
+    """
+    from transformers import AutoConfig
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model folder {folder} has no config.json (not written by save_pretrained)"
+        )
+    return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+
+
+def hf_takes_embeddings(config) -> bool | None:
+    """Whether the ``AutoModel`` class of ``config`` takes ``inputs_embeds`` (how
+    :class:`HFEncoder` feeds it); None when transformers maps no model class to it."""
+    import inspect
+
+    from transformers import MODEL_MAPPING
+
+    try:
+        cls = MODEL_MAPPING[type(config)]
+    except (KeyError, ValueError):
+        return None
+    return "inputs_embeds" in inspect.signature(cls.forward).parameters
+
+
 class HFEncoder(nn.Module):
     """A ``transformers`` encoder over a sequence of input vectors, mean-pooled.
 
     Inputs (B, T, in_dim) (or (B, 1, F, T) spectrograms, read as T frames of F features) are
-    mapped to the model's hidden size and fed as ``inputs_embeds``. (B, ...) -> (B, feature_dim).
+    mapped to the model's hidden size and fed as ``inputs_embeds``. (B, ...) -> (B, feature_dim),
+    or (B, hidden) without the output projection (``feature_dim=None``). With ``finetune=False``
+    the model's own weights are frozen and it stays in eval mode (no dropout).
     """
 
-    def __init__(self, model: nn.Module, in_dim: int, feature_dim: int):
+    def __init__(
+        self, model: nn.Module, in_dim: int, feature_dim: int | None, finetune: bool = True
+    ):
         super().__init__()
         hidden = model.config.hidden_size
         self.inp = nn.Linear(in_dim, hidden)
         self.model = model
-        self.out = nn.Linear(hidden, feature_dim)
+        self.out = nn.Linear(hidden, feature_dim) if feature_dim is not None else nn.Identity()
+        self.finetune = finetune
+        if not finetune:
+            model.requires_grad_(False)
+            model.eval()
+
+    def train(self, mode: bool = True) -> HFEncoder:
+        super().train(mode)
+        if not self.finetune:
+            self.model.eval()
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:  # (B, 1, F, T) -> (B, T, F)
@@ -89,25 +142,39 @@ def hf_encoder(
     feature_dim: int = 64,
     path: str | None = None,
     config: dict | None = None,
+    project: bool = True,
+    finetune: bool = True,
 ) -> nn.Module:
     """A ``transformers`` encoder loaded from a local folder (never the hub) or built from a config.
 
     ``config`` is a dict for ``AutoConfig.for_model`` (e.g. {"model_type": "bert",
     "hidden_size": 32, ...}): random weights, for tests and from-scratch students.
+    ``project=False`` drops the output map: the features are the pooled hidden states, and
+    ``feature_dim`` must then equal the model's hidden size.
     """
     from transformers import AutoConfig, AutoModel
 
     if (path is None) == (config is None):
         raise ValueError("hf_encoder: give exactly one of path (a local folder) or config")
+    in_dim = hf_in_dim(tuple(in_shape))
+    if in_dim is None:
+        raise ValueError(
+            f"hf_encoder: input shape must be a sequence (T, F) or a spectrogram (1, F, T), "
+            f"got {tuple(in_shape)}"
+        )
     if path is not None:
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"hf_encoder: model folder {path} does not exist")
-        model = AutoModel.from_pretrained(path, local_files_only=True)
+        hf_config(path)  # a missing folder or config.json, named
+        model = AutoModel.from_pretrained(str(path), local_files_only=True)
     else:
         cfg = dict(config)
         model = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
-    in_dim = in_shape[-1] if len(in_shape) == 2 else in_shape[-2]
-    return HFEncoder(model, in_dim, feature_dim)
+    hidden = model.config.hidden_size
+    if not project and feature_dim != hidden:
+        raise ValueError(
+            f"hf_encoder: without a projection the features are the hidden states, "
+            f"{hidden} wide; got feature_dim {feature_dim}"
+        )
+    return HFEncoder(model, in_dim, feature_dim if project else None, finetune)
 
 
 ENCODERS = {"mlp": mlp_encoder, "cnn": cnn_encoder, "hf": hf_encoder}

@@ -2,8 +2,14 @@
 
     python -m cmkd.teacher --benchmark data/avdigits --modality image --out data/avdigits/teacher-image
     python -m cmkd.teacher ... --engine ray [--gpu]     # the bank through Ray Data map_batches
+    python -m cmkd.teacher ... --encoder '{kind: hf, path: models/my-bert}'   # a pretrained one
 
 The teacher is selected by best validation accuracy and frozen; only its head ships with the bank.
+Its encoder is a CNN for (C, H, W) rows and an MLP for vectors, or, with ``--encoder {kind: hf,
+path: DIR}``, a pretrained ``transformers`` model read from a local folder (sequences (T, F) and
+spectrograms (1, F, T)): fine-tuned with its head by default, or frozen (``finetune: false``:
+only its input map, projection and head learn). Write the bank to ``BENCHMARK/teacher-MODALITY``
+and every run and sweep on that benchmark reads it.
 With ``--engine ray`` the bank rows are computed by Ray Data actors that read the split's parquet
 file and load the teacher once each (on a GPU with ``--gpu``); the default runs it in process.
 """
@@ -24,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmkd import cli
 from cmkd.bank import write_bank
+from cmkd.config import ConfigError, HFEncoderSpec, encoder_arg, parse_encoder
 from cmkd.data import POOL, load_split, split_path, validate_benchmark
-from cmkd.models import build_encoder, linear_head
+from cmkd.models import build_encoder, hf_config, hf_in_dim, hf_takes_embeddings, linear_head
 
 TEACHER_FILE = "teacher.pt"
 ENGINES = ("local", "ray")
@@ -40,6 +48,87 @@ def default_encoder(in_shape: tuple[int, ...]) -> str:
     return "cnn" if len(in_shape) == 3 else "mlp"
 
 
+def resolve_encoder(
+    encoder: str | HFEncoderSpec,
+    in_shape: tuple[int, ...],
+    *,
+    modality: str,
+    feature_dim: int | None,
+    target_dim: int | None = None,
+    target: str = "",
+    key: str = "data.encoder",
+    feature_key: str = "data.feature_dim",
+    default_dim: int = 64,
+) -> tuple[str, dict, int]:
+    """The encoder a setting asks for, checked against the rows it will read before anything
+    trains: (kind, its builder's keyword arguments, its feature size).
+
+    ``feature_dim``: the size asked for (None: ``target_dim``, else ``default_dim``);
+    ``target_dim``: the size the features must end up with (a student's: the teacher bank's,
+    described by ``target``). A pretrained encoder's folder, the shape of ``modality``'s rows
+    and, without a projection, its hidden size are checked here; each problem is a ConfigError
+    naming ``key`` (or ``feature_key``) and what is expected.
+    """
+    if not isinstance(encoder, HFEncoderSpec):
+        kind = default_encoder(in_shape) if encoder == "auto" else encoder
+        return kind, {}, feature_dim or target_dim or default_dim
+    sub = key + (" " if key.startswith("-") else ".")
+    shape = tuple(in_shape)
+    if hf_in_dim(shape) is None:
+        raise ConfigError(
+            f"{key}: a transformers encoder reads sequences (T, F) or spectrograms (1, F, T), "
+            f"but the {modality!r} modality's rows have shape {shape}; use auto, mlp or cnn "
+            "for that modality"
+        )
+    try:
+        config = hf_config(encoder.path)
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f"{sub}path {encoder.path!r}: {err}; expected the local folder of a transformers "
+            "model written by save_pretrained (nothing is downloaded)"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{sub}path {encoder.path!r}: its config.json cannot be read as a transformers "
+            f"config ({type(err).__name__}: {str(err)[:200]})"
+        ) from None
+    hidden = getattr(config, "hidden_size", None)
+    if not isinstance(hidden, int):
+        raise ConfigError(
+            f"{sub}path {encoder.path!r}: config.json gives no hidden_size; expected an encoder "
+            "model whose hidden states the features are pooled from"
+        )
+    if hf_takes_embeddings(config) is False:
+        raise ConfigError(
+            f"{sub}path {encoder.path!r}: its model type {config.model_type!r} takes no "
+            "inputs_embeds, and rows of features reach the model only that way; expected an "
+            "encoder that takes them (BERT-like: bert, roberta, distilbert, ...)"
+        )
+    frames = shape[0] if len(shape) == 2 else shape[-1]
+    longest = getattr(config, "max_position_embeddings", None)
+    if isinstance(longest, int) and frames > longest:
+        raise ConfigError(
+            f"{key}: the {modality!r} modality's rows {shape} have {frames} frames, but the "
+            f"model in {encoder.path} reads at most max_position_embeddings={longest}"
+        )
+    if encoder.project:
+        return "hf", encoder.model_dump(exclude={"kind"}), feature_dim or target_dim or default_dim
+    if feature_dim is not None and feature_dim != hidden:
+        raise ConfigError(
+            f"{feature_key} {feature_dim} contradicts {sub}project false: the features are then "
+            f"the model's pooled hidden states, hidden_size {hidden} ({encoder.path}/config.json); "
+            f"leave {feature_key} unset, set it to {hidden}, or set {sub}project true"
+        )
+    if target_dim is not None and target_dim != hidden:
+        raise ConfigError(
+            f"{sub}project false: the features would be the pooled hidden states of "
+            f"{encoder.path} (hidden_size {hidden}), but {target} has features of size "
+            f"{target_dim} and the teacher head reads them without any map; set {sub}project "
+            f"true (a linear map {hidden} -> {target_dim}), or use a bank of {hidden}-wide features"
+        )
+    return "hf", encoder.model_dump(exclude={"kind"}), hidden
+
+
 def benchmark_fingerprint(directory: str | Path) -> str:
     """Identifies a built benchmark: meta.json and the size of every labelled table. Banks carry
     it. Unlabelled pools are left out: a teacher never reads one, so adding or capping a pool
@@ -51,6 +140,21 @@ def benchmark_fingerprint(directory: str | Path) -> str:
             continue
         h.update(f"{f.name}:{f.stat().st_size}".encode())
     return h.hexdigest()[:16]
+
+
+def saved_spec(spec: dict) -> dict:
+    """The spec teacher.pt keeps: a pretrained encoder's folder is replaced by the model's
+    config (its weights are in the checkpoint), so that loading the teacher, in a Ray Data
+    actor on any node, needs teacher.pt alone. The folder stays as ``pretrained``."""
+    kwargs = dict(spec["encoder_kwargs"])
+    if spec["encoder"] != "hf" or "path" not in kwargs:
+        return spec
+    path = kwargs.pop("path")
+    return {
+        **spec,
+        "encoder_kwargs": {**kwargs, "config": hf_config(path).to_dict()},
+        "pretrained": path,
+    }
 
 
 def build_teacher(spec: dict) -> nn.Sequential:
@@ -199,7 +303,8 @@ def train_teacher(
     modality: str,
     out: str | Path,
     *,
-    feature_dim: int = 64,
+    encoder: str | HFEncoderSpec = "auto",
+    feature_dim: int | None = None,
     epochs: int = 15,
     lr: float = 1e-3,
     batch_size: int = 64,
@@ -210,6 +315,10 @@ def train_teacher(
 ) -> dict:
     """Train encoder + linear head on ``modality``'s train split; write the teacher and its bank.
 
+    ``encoder``: auto (CNN or MLP by shape), mlp, cnn or a pretrained :class:`HFEncoderSpec`,
+    checked (:func:`resolve_encoder`) before any split is read; ``feature_dim``: the bank's
+    feature size (default 64, or the model's hidden size for a pretrained encoder without
+    projection).
     The bank is computed in process (``engine="local"``) or through Ray Data (``"ray"``, on GPU
     actors with ``use_gpu``; see :func:`encode_ray`). Returns the teacher's validation and test
     accuracy and the timings.
@@ -219,11 +328,18 @@ def train_teacher(
     torch.manual_seed(seed)
     meta = validate_benchmark(benchmark, [modality])
     shape = meta.shapes[modality]
+    kind, kwargs, feature_dim = resolve_encoder(
+        parse_encoder(encoder, "--encoder"),
+        tuple(shape),
+        modality=modality,
+        feature_dim=feature_dim,
+        key="--encoder",
+        feature_key="--feature-dim",
+    )
     train, val, test = (load_split(benchmark, modality, s, meta) for s in ("train", "val", "test"))
-    kind = default_encoder(shape)
     spec = {
         "encoder": kind,
-        "encoder_kwargs": ARCHITECTURE.get(kind, {}),
+        "encoder_kwargs": {**ARCHITECTURE.get(kind, {}), **kwargs},
         "in_shape": list(shape),
         "feature_dim": feature_dim,
         "num_classes": meta.num_classes,
@@ -258,7 +374,7 @@ def train_teacher(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"spec": spec, "state": model.state_dict()}, out / TEACHER_FILE)
+    torch.save({"spec": saved_spec(spec), "state": model.state_dict()}, out / TEACHER_FILE)
     t1 = time.perf_counter()
     if engine == "ray":
         z, logits = encode_ray(
@@ -269,6 +385,7 @@ def train_teacher(
     bank_s = time.perf_counter() - t1
     result = {
         "modality": modality,
+        "encoder": {"kind": kind, **kwargs},
         "val_acc": best,
         "test_acc": test_acc,
         "train_s": train_s,
@@ -302,7 +419,21 @@ def main(argv=None) -> None:
     p.add_argument("--modality", required=True, help="the teacher's modality, e.g. image")
     p.add_argument("--out", required=True, help="folder for teacher.pt and the bank")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--feature-dim", type=int, default=64)
+    p.add_argument(
+        "--encoder",
+        type=encoder_arg,
+        default="auto",
+        help="auto (a CNN for (C, H, W) rows, an MLP for vectors), mlp, cnn, or a YAML mapping "
+        "for a pretrained transformers model in a local folder: '{kind: hf, path: DIR}' "
+        "(options project: true, finetune: true)",
+    )
+    p.add_argument(
+        "--feature-dim",
+        type=int,
+        default=None,
+        help="feature size of the bank (default 64; a pretrained encoder with project: false: "
+        "its hidden size)",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -318,18 +449,22 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.gpu and args.engine != "ray":
         p.error("--gpu needs --engine ray")
-    result = train_teacher(
-        args.benchmark,
-        args.modality,
-        args.out,
-        feature_dim=args.feature_dim,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        engine=args.engine,
-        use_gpu=args.gpu,
-    )
+    try:
+        result = train_teacher(
+            args.benchmark,
+            args.modality,
+            args.out,
+            encoder=args.encoder,
+            feature_dim=args.feature_dim,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            engine=args.engine,
+            use_gpu=args.gpu,
+        )
+    except ConfigError as e:
+        cli.fail(str(e))
     print(json.dumps(result, indent=2))
 
 

@@ -42,7 +42,7 @@ from cmkd.data import (
 from cmkd.methods import Batch, PoolBatch, evaluate, make_step
 from cmkd.models import Student, build_student
 from cmkd.stream import TrainStream, local_batches, should_stream
-from cmkd.teacher import benchmark_fingerprint, default_encoder, train_teacher
+from cmkd.teacher import benchmark_fingerprint, resolve_encoder, train_teacher
 
 
 def _builders() -> dict[str, Callable[[Path], object]]:
@@ -171,9 +171,11 @@ def load_run_data(cfg: DataConfig, seed: int | None = None, log=print) -> RunDat
     bench = resolve_benchmark(cfg.benchmark, cfg.data_root, log)
     meta = validate_benchmark(bench)
     student, teacher = pick_modalities(meta, cfg)
+    student_encoder(cfg, meta.shapes[student], student)  # before a teacher is trained for it
     bank = TeacherBank.load(
         ensure_bank(bench, teacher, log), fingerprint=benchmark_fingerprint(bench)
     )
+    student_encoder(cfg, meta.shapes[student], student, bank.feature_dim, teacher)
     ids, y = scan_labels(bench, student, "train", meta)
     counts = np.bincount(y, minlength=meta.num_classes)
     if cfg.labels_per_class != "all" and counts.min() < cfg.labels_per_class:
@@ -324,15 +326,37 @@ def read_rows(path, shape, ids: np.ndarray, chunk_rows: int = 65_536):
 STUDENT_ENCODER = {"cnn": {"width": 16}, "mlp": {"hidden": 128}}
 
 
+def student_encoder(
+    cfg: DataConfig,
+    in_shape,
+    modality: str,
+    teacher_dim: int | None = None,
+    teacher: str = "",
+) -> tuple[str, dict, int]:
+    """(kind, builder kwargs, feature size) of the student's encoder; a ConfigError naming the
+    data.encoder (or data.feature_dim) key when it cannot read ``modality``'s rows."""
+    return resolve_encoder(
+        cfg.encoder,
+        tuple(in_shape),
+        modality=modality,
+        feature_dim=cfg.feature_dim,
+        target_dim=teacher_dim,
+        target=f"the {teacher!r} teacher's bank",
+    )
+
+
 def make_student(data: RunData, cfg: DataConfig) -> Student:
-    kind = default_encoder(data.in_shape) if cfg.encoder == "auto" else cfg.encoder
+    kind, kwargs, feature_dim = student_encoder(
+        cfg, data.in_shape, data.student, data.bank.feature_dim, data.teacher
+    )
     return build_student(
         kind,
         data.in_shape,
         data.meta.num_classes,
-        feature_dim=cfg.feature_dim or data.bank.feature_dim,
+        feature_dim=feature_dim,
         teacher_dim=data.bank.feature_dim,
         **STUDENT_ENCODER.get(kind, {}),
+        **kwargs,
     )
 
 

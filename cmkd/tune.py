@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from cmkd import cli
-from cmkd.config import VAL_PER_CLASS, ConfigError, DataConfig, DistillConfig
+from cmkd.config import VAL_PER_CLASS, ConfigError, DataConfig, DistillConfig, encoder_arg
 from cmkd.leaderboard import (  # noqa: F401 (the names tests and benchmarks import from here)
     REFERENCE_UCMKD,
     failure_reason,
@@ -55,6 +55,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--student", help="student modality (default: the benchmark's second)")
     p.add_argument("--teacher", help="teacher modality (default: the benchmark's first)")
+    p.add_argument(
+        "--encoder",
+        type=encoder_arg,
+        default="auto",
+        help="student encoder: auto (a CNN for (C, H, W) rows, an MLP for vectors), mlp, cnn, "
+        "or a YAML mapping for a pretrained transformers model in a local folder, "
+        "'{kind: hf, path: DIR}' (options project: true, finetune: true), for sequence (T, F) "
+        "and spectrogram (1, F, T) rows; checked with the data, before any trial",
+    )
     p.add_argument(
         "--labels-per-class", default="5", help="labelled student samples per class, or 'all'"
     )
@@ -400,6 +409,7 @@ def main(argv=None) -> int:
             benchmark=args.benchmark,
             student=args.student,
             teacher=args.teacher,
+            encoder=args.encoder,
             labels_per_class=lpc,
             val_per_class=vpc,
             unlabelled=args.unlabelled,
