@@ -12,7 +12,7 @@ from cmkd.space import SPACES_DIR, SearchSpace, SpaceError, available_spaces, lo
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SHIPPED = ["bilevel", "default", "mmd", "pool", "sinkhorn", "smoke"]
+SHIPPED = ["bilevel", "default", "mmd", "pareto", "pool", "sinkhorn", "smoke"]
 DEFAULTS = DistillConfig()
 
 
@@ -296,7 +296,7 @@ def test_missing_file_and_unknown_name_list_the_shipped_spaces(tmp_path):
     with pytest.raises(SpaceError) as e:
         load_space("defualt")
     assert "no search space named 'defualt' (did you mean 'default'?)" in str(e.value)
-    assert "available: bilevel, default, mmd, pool, sinkhorn, smoke" in str(e.value)
+    assert "available: bilevel, default, mmd, pareto, pool, sinkhorn, smoke" in str(e.value)
 
 
 def test_mode_follows_the_metric(tmp_path):
