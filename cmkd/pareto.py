@@ -52,9 +52,12 @@ def front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
 def pareto_points(rows: list[dict], objectives: Sequence[tuple[str, str]]) -> list[dict]:
     """The front of a sweep's trial rows (``cmkd.leaderboard.summarise``), references included:
     one dict per point, cheapest first, with its row's ``name``, ``role``, ``trial_id``,
-    ``values`` (metric -> value) and ``config``. A failed trial, or one missing a value, is out."""
+    ``values`` (metric -> value) and ``config``. A failed trial, one missing a value, or one cut
+    short (``full`` false: a time budget ran out, so its accuracy is partial) is out."""
     keyed = [
-        (r, [r.get(result_key(m)) for m, _ in objectives]) for r in rows if r.get("error") is None
+        (r, [r.get(result_key(m)) for m, _ in objectives])
+        for r in rows
+        if r.get("error") is None and r.get("full", True)
     ]
     keyed = [(r, v) for r, v in keyed if all(isinstance(x, (int, float)) for x in v)]
     modes = [mode for _, mode in objectives]

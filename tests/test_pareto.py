@@ -178,7 +178,7 @@ def test_front_is_optunas_best_trials(seed):
     assert front(points, ["max", "min"]) == sorted(t.number for t in study.best_trials)
 
 
-def test_pareto_points_from_rows_cheapest_first_without_failures():
+def test_pareto_points_from_rows_cheapest_first_without_failed_or_cut_trials():
     rows = [
         {"trial_id": "a", "role": "search", "config": {"student_width": 64}, "error": None,
          "best_val_acc": 0.8, "student_params": 9000},
@@ -189,6 +189,8 @@ def test_pareto_points_from_rows_cheapest_first_without_failures():
         {"trial_id": "d", "role": "search", "config": {}, "error": None, "best_val_acc": 0.99},
         {"trial_id": "e", "role": "search", "config": {}, "error": None,
          "best_val_acc": 0.5, "student_params": 800},
+        {"trial_id": "f", "role": "search", "config": {}, "error": None, "full": False,
+         "best_val_acc": 0.7, "student_params": 100},
     ]  # fmt: skip
     objectives = (("val_acc", "max"), ("student_params", "min"))
     points = pareto_points(rows, objectives)
