@@ -16,6 +16,7 @@ from cmkd.data.synth import build_synth
 from cmkd.pareto import dominates, front, front_table, pareto_points
 from cmkd.searcher import make_searcher
 from cmkd.space import SpaceError, load_space
+from cmkd.sweep import PARETO_DIR, upload_results
 from cmkd.train import load_run_data, make_student
 from cmkd.trial import loop_config, train_loop
 from cmkd.tune import check_student_size
@@ -310,3 +311,16 @@ def test_every_epoch_reports_the_students_cost(synth):
     assert all("student_latency_ms" not in m for m in reports[0])
     lat = [m["student_latency_ms"] for m in reports[1]]
     assert lat[0] > 0 and lat[0] == lat[1]  # measured once per trial
+
+
+def test_the_front_files_travel_to_remote_storage(tmp_path):
+    local = tmp_path / "runs" / "front"
+    (local / PARETO_DIR).mkdir(parents=True)
+    (local / "results.json").write_text("{}")
+    for k in range(3):
+        (local / PARETO_DIR / f"{k}.yaml").write_text(f"distill:\n  student_width: {2**k}\n")
+    bucket = tmp_path / "bucket"
+    upload_results(local, f"file://{bucket}/front")
+    for k in range(3):
+        got = (bucket / "front" / PARETO_DIR / f"{k}.yaml").read_text()
+        assert got == f"distill:\n  student_width: {2**k}\n"
