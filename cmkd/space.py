@@ -56,9 +56,9 @@ from pydantic import ValidationError
 from cmkd.config import ConfigError, DistillConfig
 from cmkd.pareto import COSTS, MAX_OBJECTIVES, QUALITY
 
-METRICS = ("val_acc", "val_acc_teacher_head", "val_ce")
+METRICS = tuple(QUALITY)
 """Metrics a sweep can optimise (reported by every trial)."""
-METRIC_MODES = {"val_acc": "max", "val_acc_teacher_head": "max", "val_ce": "min"}
+METRIC_MODES = QUALITY
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 """Where :func:`load_space` finds a space given by bare name."""
 
