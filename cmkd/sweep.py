@@ -21,7 +21,6 @@ from cmkd.capacity import GrowingLimit, fits_now
 from cmkd.capacity import grows as cluster_grows
 from cmkd.config import POOL_ALGORITHMS, DataConfig, DistillConfig, Experiment
 from cmkd.leaderboard import (
-    distill_part,
     failure_reason,
     family_best,
     print_leaderboard,
@@ -331,7 +330,7 @@ def write_front(out_dir: Path, points: list[dict], data_cfg: DataConfig) -> None
         old.unlink()
     for k, point in enumerate(points):
         exp = Experiment(
-            data=data_cfg, distill=DistillConfig.from_dict(distill_part(point["config"]))
+            data=data_cfg, distill=DistillConfig.from_dict(distill_only(point["config"]))
         )
         exp.to_yaml(folder / f"{k}.yaml")
         point["file"] = f"{PARETO_DIR}/{k}.yaml"

@@ -428,6 +428,7 @@ def main(argv=None) -> int:
             f"ok: sweep {name!r} in {root}: {args.num_samples} searched + {len(refs)} reference "
             f"trials of {space.path}, {data.student} student ({len(data.y_train)} labelled, "
             f"{len(data.y_val)} validation rows) from the {data.teacher} teacher"
+            + (f"; two objectives, {space.metric} against {space.cost}" if space.pareto else "")
         )
         return 0
     args.wandb = setup_wandb_env(args.wandb, root, name)  # the summary run logs the same way
