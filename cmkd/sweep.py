@@ -1,7 +1,7 @@
 """The Ray side of a sweep: searcher, scheduler, Tuner, W&B, resume and the final retrain.
 
-A two-objective space (``objectives``) stops no trial early and ends with its Pareto front
-instead of the final retrain and verdict (:func:`finish_pareto`)."""
+A two-objective space (``objectives``) stops no trial early and ends with its Pareto front,
+retrained on the final seeds, instead of the finalists and the verdict (:func:`finish_pareto`)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from cmkd.leaderboard import (
     summarise,
     sweep_references,
 )
-from cmkd.pareto import format_value, front_table, pareto_points
+from cmkd.pareto import format_value, front, front_table, pareto_points
 from cmkd.placement import IdleGroupReaper
 from cmkd.searcher import canonical, make_searcher
 from cmkd.trial import (
@@ -320,6 +320,25 @@ def front_files(local_dir: Path) -> list[str]:
     )
 
 
+def confirm_front(points: list[dict], final: dict, objectives) -> None:
+    """Each point's final retrain: ``fresh_seeds`` holds its seeds, the quality metric's mean
+    and std over them, and ``on_front``: whether, with every point valued by those means, no
+    other point dominates it (a point the search's luck put there may not stay)."""
+    quality = objectives[0][0]
+    valued = [p for p in points if p["name"] in final]
+    means = [(final[p["name"]]["val_mean"], p["values"][objectives[1][0]]) for p in valued]
+    kept = set(front(means, [mode for _, mode in objectives]))
+    for i, p in enumerate(valued):
+        e = final[p["name"]]
+        p["fresh_seeds"] = {
+            "seeds": [r["seed"] for r in e["runs"]],
+            f"{quality}_mean": e["val_mean"],
+            f"{quality}_std": e["val_std"],
+            **{k: e[k] for k in ("test_acc_mean", "test_acc_std") if k in e},
+            "on_front": i in kept,
+        }
+
+
 def write_front(out_dir: Path, points: list[dict], data_cfg: DataConfig) -> None:
     """``out_dir/pareto/<k>.yaml`` for each point (``python -m cmkd.train --config``); each
     point gains ``file`` and ``experiment`` (the same, as results.json keeps it). Files of an
@@ -339,14 +358,14 @@ def write_front(out_dir: Path, points: list[dict], data_cfg: DataConfig) -> None
 
 def finish_pareto(
     args, space, data, data_cfg: DataConfig, rows: list[dict], name: str, root: str,
-    t_start: float, facts: dict,
+    t_start: float, facts: dict, retrain=None, seeds: list[int] = (),
 ) -> int:  # fmt: skip
     """The end of a two-objective sweep: its Pareto front in results.json and as
-    ``pareto/<k>.yaml``, and the front as a table. No final retrain and no verdict: both pick
-    one candidate against no distillation on one metric, and a front is a set of trade-offs for
-    the user to choose from. Its values are the trials' own (seed ``args.seed``'s search, the
-    best of several, so optimistic); a chosen point is checked on other seeds with
-    ``python -m cmkd.train --config pareto/<k>.yaml --set seed=N``."""
+    ``pareto/<k>.yaml``, and the front as a table. The front is chosen on the trials' own
+    values, the best of several and so optimistic; ``retrain`` (the final retrain on the fresh
+    ``seeds``; None with --final-seeds 0) trains each point again, and each point keeps its mean
+    and whether it stays on the front with those means. No verdict: it picks one candidate
+    against no distillation on one metric, and a front is a set of trade-offs to choose from."""
     path = f"{root}/{name}"
     points = pareto_points(rows, space.objectives)
     if not points:
@@ -359,6 +378,15 @@ def finish_pareto(
             flush=True,
         )
         return 1
+    final, final_failed = {}, {}
+    if retrain is not None:
+        print(
+            f"\nfinal stage: retraining the {len(points)} points of the front with fresh seeds "
+            f"{list(seeds)} on the full schedule",
+            flush=True,
+        )
+        final, final_failed = retrain({p["name"]: p["config"] for p in points})
+        confirm_front(points, final, space.objectives)
     out_dir = Path(root) / name if "://" not in root else Path("runs") / name
     out_dir.mkdir(parents=True, exist_ok=True)
     write_front(out_dir, points, data_cfg)
@@ -377,9 +405,9 @@ def finish_pareto(
         "pareto": points,
         "trials": rows,
         "finalists": [],
-        "final_seeds": [],
-        "final": {},
-        "final_failed": {},
+        "final_seeds": list(seeds) if retrain is not None else [],
+        "final": final,
+        "final_failed": final_failed,
         "verdict": None,
         "searcher": args.searcher,
         "early_stop": "none",
@@ -394,7 +422,7 @@ def finish_pareto(
     study = write_study(out_dir) if "://" not in root else None
     if "://" in root:
         upload_results(out_dir, path)
-    log_summary_to_wandb(args.wandb, args.wandb_project, name, rows, {})
+    log_summary_to_wandb(args.wandb, args.wandb_project, name, rows, final)
     ok = sum(r["error"] is None for r in rows)
     print(f"\nsweep {facts['sweep_s']:.0f} s, total {total_s:.0f} s. Written to {out_dir}:")
     print("  results.json  every trial's config and curve, and the Pareto front (`pareto`)")
@@ -403,11 +431,10 @@ def finish_pareto(
     if study is not None:
         print(f"  {study.name}  the searched trials as an Optuna study: optuna-dashboard {study}")
     print(f"  report        python -m cmkd.report {out_dir}")
-    if args.final_seeds > 0:
+    if retrain is None:
         print(
-            "\nno final retrain in a two-objective sweep: the values below are the trials' own "
-            "(the best of several, so optimistic); check a point on other seeds with "
-            "--set seed=N",
+            "\nno final retrain (--final-seeds 0): the values below are the trials' own (the "
+            "best of several, so optimistic); check a point on other seeds with --set seed=N",
             flush=True,
         )
     print(
@@ -608,8 +635,9 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         print(
             f"two objectives: {space.metric} ({space.mode}) against {space.cost} (min); the "
             "sweep ends with their Pareto front. No early stopping: ASHA ranks on one metric "
-            "and would cut small students that belong on the front. No final retrain or "
-            "verdict: they compare one candidate with no distillation on one metric.",
+            "and would cut small students that belong on the front. The final retrain trains "
+            "the front's points on fresh seeds; no verdict (it weighs one candidate against no "
+            "distillation on one metric).",
             flush=True,
         )
     print(
@@ -692,6 +720,22 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         return 143 if StopSignal.received else 130
     rows = summarise(grid, space.metric, space.mode)
     print_leaderboard(rows, space.metric, max_epochs, cost=space.cost)
+    seeds = fresh_seeds(rows, args.final_seeds)
+
+    def retrain(named: dict[str, dict]) -> tuple[dict, dict]:
+        """The named configs on the final seeds, with the trials' own recipe."""
+        return final_retrain(
+            named,
+            data_cfg,
+            seeds,
+            payload_ref,
+            train_ref,
+            cpus=min(1.0, cluster.get("CPU", 0)) or 1.0,  # no CPU yet: on the nodes to come
+            metric=space.metric,
+            resources=resources,
+            storage=f"{path}/final-runs",
+        )
+
     if space.pareto:
         facts = {
             "tune_started_at": tune_started_at,
@@ -699,7 +743,10 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
             "resources": resources.__dict__,
             "concurrency": "grows with the cluster" if grows else concurrency,
         }
-        return finish_pareto(args, space, data, data_cfg, rows, name, root, t_start, facts)
+        again = retrain if args.final_seeds > 0 else None
+        return finish_pareto(
+            args, space, data, data_cfg, rows, name, root, t_start, facts, again, seeds
+        )
     top = finalists(rows, space.metric, space.mode, space.finalists)
     if not top:
         print(
@@ -720,22 +767,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         )
         if best is not None:  # even when the reference itself is a finalist: it stands for all
             configs[role] = best["config"]
-    final, final_failed, seeds = {}, {}, fresh_seeds(rows, args.final_seeds)
-
-    def retrain(named: dict[str, dict]) -> tuple[dict, dict]:
-        """The named configs on the final seeds, with the trials' own recipe."""
-        return final_retrain(
-            named,
-            data_cfg,
-            seeds,
-            payload_ref,
-            train_ref,
-            cpus=min(1.0, cluster.get("CPU", 0)) or 1.0,  # no CPU yet: on the nodes to come
-            metric=space.metric,
-            resources=resources,
-            storage=f"{path}/final-runs",
-        )
-
+    final, final_failed = {}, {}
     if args.final_seeds > 0:
         print(
             f"\nfinal stage: retraining the top {len(top)} ({', '.join(row_name(r) for r in top)}) "

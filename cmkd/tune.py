@@ -10,8 +10,8 @@ Every sweep also runs two reference trials: no distillation (``ce``) and the pap
 defaults; they run first, and each the space can express warm-starts TPE. The objective is the
 best validation value up to each epoch (ASHA, Optuna and the leaderboard read the same number).
 A space with two ``objectives`` (accuracy against the student's size or latency) ends instead
-with their Pareto front, one runnable experiment per point (``pareto/<k>.yaml``), no early
-stopping and no final retrain. Otherwise, at the end the top candidates (references included)
+with their Pareto front, one runnable experiment per point (``pareto/<k>.yaml``): no early
+stopping, the front's points retrained on fresh seeds, no verdict. Otherwise, at the end the top candidates (references included)
 and both references are retrained on fresh seeds, and the verdict is decided on paired seeds
 against no distillation: the recommendation is a distillation config only if its mean
 validation gain clears 2 standard errors over >= 3 seeds, else it is no distillation. The sweep folder receives ``results.json`` (every trial, the

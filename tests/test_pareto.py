@@ -16,7 +16,7 @@ from cmkd.data.synth import build_synth
 from cmkd.pareto import dominates, front, front_table, pareto_points
 from cmkd.searcher import make_searcher
 from cmkd.space import SpaceError, load_space
-from cmkd.sweep import PARETO_DIR, upload_results
+from cmkd.sweep import PARETO_DIR, confirm_front, upload_results
 from cmkd.train import load_run_data, make_student
 from cmkd.trial import loop_config, train_loop
 from cmkd.tune import check_student_size
@@ -324,3 +324,27 @@ def test_the_front_files_travel_to_remote_storage(tmp_path):
     for k in range(3):
         got = (bucket / "front" / PARETO_DIR / f"{k}.yaml").read_text()
         assert got == f"distill:\n  student_width: {2**k}\n"
+
+
+def test_the_retrained_front_says_which_points_stay_on_it():
+    objectives = (("val_acc", "max"), ("student_params", "min"))
+    points = [
+        {"name": "a", "values": {"val_acc": 0.5, "student_params": 100}, "config": {}},
+        {"name": "b", "values": {"val_acc": 0.6, "student_params": 200}, "config": {}},
+        {"name": "c", "values": {"val_acc": 0.7, "student_params": 400}, "config": {}},
+        {"name": "d", "values": {"val_acc": 0.8, "student_params": 800}, "config": {}},
+    ]
+
+    def entry(mean, seeds=(1, 2, 3)):
+        runs = [{"seed": s} for s in seeds]
+        return {"runs": runs, "val_mean": mean, "val_std": 0.01, "test_acc_mean": mean}
+
+    # b was lucky: on fresh seeds the cheaper a beats it; d (every seed failed) is not valued
+    confirm_front(points, {"a": entry(0.55), "b": entry(0.52), "c": entry(0.71)}, objectives)
+    assert [p["fresh_seeds"]["on_front"] for p in points[:3]] == [True, False, True]
+    assert points[0]["fresh_seeds"]["seeds"] == [1, 2, 3]
+    assert points[2]["fresh_seeds"]["val_acc_mean"] == 0.71 and "fresh_seeds" not in points[3]
+    rows = front_table(points, objectives).splitlines()
+    assert "| val_acc on fresh seeds |" in rows[0]
+    assert "0.5200 ± 0.0100 (3 seeds, off the front)" in rows[3]
+    assert "0.5500 ± 0.0100 (3 seeds) |" in rows[2] and "| 0.8000 | 800 |  |" in rows[5]

@@ -58,7 +58,7 @@ def test_two_objective_sweep_writes_a_runnable_front_and_draws_it(bench, tmp_pat
     space.write_text(SPACE)
     cmd = [sys.executable, "-m", "cmkd.tune", "--space", str(space), "--benchmark", str(bench),
            "--storage", str(tmp_path), "--name", "front", "--wandb", "disabled",
-           "--num-samples", "8"]  # fmt: skip
+           "--num-samples", "8", "--final-seeds", "2"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -72,7 +72,7 @@ def test_two_objective_sweep_writes_a_runnable_front_and_draws_it(bench, tmp_pat
     trials = results["trials"]
     assert len(trials) == 10 and all(t["error"] is None for t in trials)
     assert all(t["epochs_run"] == 2 for t in trials)  # no trial cut short
-    assert results["final"] == {} and results["verdict"] is None  # no retrain in this mode
+    assert results["verdict"] is None and results["final_seeds"] == [1, 2]
 
     # the front: at least 3 points, none dominated by any trial, every other trial dominated
     modes = ("max", "min")
@@ -87,6 +87,13 @@ def test_two_objective_sweep_writes_a_runnable_front_and_draws_it(bench, tmp_pat
     for tid, v in values.items():
         if tid not in on_front:
             assert any(dominates(values[f], v, modes) for f in on_front), tid
+    # each point trained again on the fresh seeds; on_front re-decided on their means
+    assert set(results["final"]) == {p["name"] for p in points}
+    means = [(p["fresh_seeds"]["val_acc_mean"], p["values"]["student_params"]) for p in points]
+    for p, m in zip(points, means, strict=True):
+        assert p["fresh_seeds"]["seeds"] == [1, 2]
+        assert p["fresh_seeds"]["val_acc_mean"] == results["final"][p["name"]]["val_mean"]
+        assert p["fresh_seeds"]["on_front"] == (not any(dominates(o, m, modes) for o in means))
     costs = [p["values"]["student_params"] for p in points]
     assert costs == sorted(costs) and len(set(costs)) >= 3  # three sizes on the front
     assert [p["values"]["val_acc"] for p in points] == sorted(
@@ -102,7 +109,7 @@ def test_two_objective_sweep_writes_a_runnable_front_and_draws_it(bench, tmp_pat
         assert exp.data.benchmark == str(bench)
     # the console ends with the front as a table, one row per point
     tail = out.rstrip().splitlines()[-len(points) - 2 :]
-    assert tail[0].startswith("| # | val_acc | student_params | student_width")
+    assert tail[0].startswith("| # | val_acc | student_params | val_acc on fresh seeds |")
     assert [line.split("|")[1].strip() for line in tail[2:]] == [str(k) for k in range(len(points))]
 
     # the cheapest point trains again from its file, with the same student size
@@ -117,4 +124,5 @@ def test_two_objective_sweep_writes_a_runnable_front_and_draws_it(bench, tmp_pat
     assert report.main([str(sweep)]) == 0
     page = (sweep / "report" / "index.html").read_text()
     assert "Pareto front: val_acc against student_params" in page and 'src="pareto.png"' in page
+    assert "Final retrain: the front's points on fresh seeds" in page
     assert_not_blank(Path(sweep / "report" / "pareto.png"))
