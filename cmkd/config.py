@@ -151,6 +151,13 @@ class DistillConfig(BaseModel):
     """Which head the run is scored by (``val_acc``, ``test_acc``): the student's own, the frozen
     teacher head on the student's features (h_t ∘ g_s, a valid predictor once the features are
     aligned), or whichever reads validation better at each epoch (test read the same way)."""
+    student_width: int | None = Field(None, ge=1, le=4096)
+    """Student encoder width: the MLP's hidden units or the CNN's first channels (None: the
+    default student, ``cmkd.train.STUDENT_ENCODER``). Searched beside the alignment terms in a
+    two-objective sweep (accuracy against size)."""
+    student_depth: int | None = Field(None, ge=1, le=8)
+    """Student encoder depth: the MLP's linear layers or the CNN's conv blocks (None: the
+    default, 2 for either)."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """Random seed of the run."""
 

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from cmkd.config import POOL_ALGORITHMS, DistillConfig
+from cmkd.pareto import COSTS, format_value
 
 REFERENCE_UCMKD = {
     "algorithm": "ucmkd_sum",
@@ -136,6 +137,10 @@ def summarise(result_grid, metric: str, mode: str) -> list[dict]:
             )
             # a trial ASHA stopped has a partial value: it ran fewer epochs than its schedule
             row["full"] = row["epochs_run"] >= int(cfg.get("epochs", DistillConfig().epochs))
+            for cost in COSTS:  # what the student costs, the same every epoch
+                if cost in df and df[cost].notna().any():
+                    value = float(df[cost].dropna().iloc[-1])
+                    row[cost] = int(value) if cost == "student_params" else value
         rows.append(row)
     key = "best_" + metric
     sign = -1 if mode == "max" else 1
@@ -158,16 +163,28 @@ def timeline(df, metric: str) -> list[list[float]]:
     ]
 
 
-def print_leaderboard(rows: list[dict], metric: str, max_epochs: int, top: int = 10) -> None:
+def print_leaderboard(
+    rows: list[dict], metric: str, max_epochs: int, top: int = 10, cost: str | None = None
+) -> None:
+    """The ``top`` rows as a Markdown table; with a two-objective sweep's ``cost``, its column
+    and the student's size settings too."""
     shown = ("algorithm", "fa", "la", "w_fa", "w_la", "epsilon", "mmd_multiplier", "label_cost")
-    print(f"\nLeaderboard (best {metric} over epochs; ASHA may stop a trial before {max_epochs}):")
-    print(f"| # | role | {metric} | epochs | " + " | ".join(shown) + " |")
-    print("|---:|---|---:|---:|" + "---|" * len(shown))
+    if cost is not None:
+        shown = ("student_width", "student_depth", *shown)
+    stops = (
+        "every trial runs its schedule" if cost else f"ASHA may stop a trial before {max_epochs}"
+    )
+    print(f"\nLeaderboard (best {metric} over epochs; {stops}):")
+    extra = f" {cost} |" if cost else ""
+    print(f"| # | role | {metric} |{extra} epochs | " + " | ".join(shown) + " |")
+    print("|---:|---|---:|" + ("---:|" if cost else "") + "---:|" + "---|" * len(shown))
     for i, r in enumerate(rows[:top], 1):
         cfg = r["config"]
         vals = [_fmt(cfg.get(k)) for k in shown]
         score = f"{r['best_' + metric]:.4f}" if "best_" + metric in r else ""
         score = f"{score} failed".strip() if r["error"] else score
+        if cost is not None:
+            score += " | " + (format_value(cost, r[cost]) if cost in r else "")
         print(
             f"| {i} | {r['role']} | {score} | {r.get('epochs_run', 0)} | " + " | ".join(vals) + " |"
         )

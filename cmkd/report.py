@@ -9,7 +9,8 @@ no-distillation reference and the paper code's UCMKD defaults over the final ret
 seeds (paired differences on validation, which decides, and on test, which is reported); which hyperparameters mattered
 (Optuna's fANOVA and mean-decrease-impurity importances over the searched trials); parallel
 coordinates; the learning curves of the top trials with ASHA's stopping points; and the two
-quantities of the paper's bound, feature alignment and label alignment, over training. The
+quantities of the paper's bound, feature alignment and label alignment, over training; for a
+two-objective sweep, its Pareto front (every trial, the front highlighted and connected). The
 sweep's trials are also written as an Optuna study (``optuna-study.log`` in the sweep folder;
 ``optuna-dashboard runs/NAME/optuna-study.log`` opens it).
 """
@@ -27,6 +28,7 @@ import warnings
 from pathlib import Path
 
 from cmkd import cli
+from cmkd.pareto import COSTS, format_value, fresh_cell, result_key
 from cmkd.study import STUDY_FILE, export_study, load_sweep, to_study
 from cmkd.verdict import attribution_sentence
 
@@ -125,6 +127,33 @@ def leaderboard(sweep: dict) -> tuple[list[str], list[list]]:
             ]
         )
     return cols + shown, rows
+
+
+def pareto_table(sweep: dict) -> tuple[list[str], list[list]]:
+    """A two-objective sweep's front, cheapest first: the objectives, the student's size, the
+    trial and the experiment file of each point (no rows for a single objective)."""
+    results = sweep["results"] or {}
+    names = [o["metric"] for o in results.get("objectives") or []]
+    points = results.get("pareto") or []
+    fresh = [f"{names[0]} on fresh seeds"] if any("fresh_seeds" in p for p in points) else []
+    cols = ["#", *names, *fresh, "student_width", "student_depth", "algorithm", "trial"]
+    cols.append("experiment")
+    rows = []
+    for k, p in enumerate(points):
+        cfg = p["config"]
+        rows.append(
+            [
+                k,
+                *[format_value(m, p["values"][m]) for m in names],
+                *([fresh_cell(p, names[0])] if fresh else []),
+                cfg.get("student_width", "default"),
+                cfg.get("student_depth", "default"),
+                cfg.get("algorithm", ""),
+                p["name"],
+                p.get("file", ""),
+            ]
+        )
+    return cols, rows
 
 
 def _shown_params(sweep: dict) -> list[str]:
@@ -332,6 +361,71 @@ def fig_final(sweep: dict, out: Path) -> Path | None:
     return _save(fig, out / "final.png")
 
 
+COST_LABELS = {
+    "student_params": "student parameters",
+    "student_latency_ms": "student latency (ms per batch)",
+}
+
+
+def fig_pareto(sweep: dict, out: Path) -> Path | None:
+    """Every finished trial at (cost, quality), references in their colours; the Pareto front
+    highlighted, numbered as ``pareto/<k>.yaml`` and joined as a staircase (what is attainable
+    at each cost). None for a single-objective sweep."""
+    results = sweep["results"] or {}
+    objectives, points = results.get("objectives"), results.get("pareto")
+    if not objectives or not points:
+        return None
+    quality = next(o["metric"] for o in objectives if o["metric"] not in COSTS)
+    cost = next(o["metric"] for o in objectives if o["metric"] in COSTS)
+    qk, ck = result_key(quality), result_key(cost)
+    trials = [
+        t for t in results.get("trials", []) if t.get("error") is None and qk in t and ck in t
+    ]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for role in sorted({t["role"] for t in trials}):
+        mine = [t for t in trials if t["role"] == role]
+        ax.scatter(
+            [t[ck] for t in mine],
+            [t[qk] for t in mine],
+            s=40,
+            alpha=0.6,
+            color=ROLE_COLOURS.get(role, "tab:blue"),
+            label="searched trials" if role == "search" else role,
+            zorder=2,
+        )
+    px = [p["values"][cost] for p in points]
+    py = [p["values"][quality] for p in points]
+    ax.step(px, py, where="post", color="tab:red", lw=2, zorder=3)
+    ax.scatter(px, py, s=110, color="tab:red", edgecolor="black", zorder=4, label="Pareto front")
+    at: dict[tuple, list[str]] = {}  # tied points share one label
+    for k, xy in enumerate(zip(px, py, strict=True)):
+        at.setdefault(xy, []).append(str(k))
+    for xy, ks in at.items():
+        ax.annotate(",".join(ks), xy, xytext=(6, -12), textcoords="offset points", fontsize=9)
+    again = [p for p in points if "fresh_seeds" in p]
+    if again:
+        ax.errorbar(
+            [p["values"][cost] for p in again],
+            [p["fresh_seeds"][f"{quality}_mean"] for p in again],
+            yerr=[p["fresh_seeds"][f"{quality}_std"] for p in again],
+            fmt="D",
+            color="tab:green",
+            capsize=4,
+            zorder=5,
+            label="front retrained on fresh seeds (mean ± std)",
+        )
+    xs = [t[ck] for t in trials] + px
+    if min(xs) > 0 and max(xs) / min(xs) > 10:
+        ax.set_xscale("log")
+    ax.set_xlabel(COST_LABELS.get(cost, cost) + " (lower is cheaper)")
+    ax.set_ylabel(f"best {quality}")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{quality} against {cost}: {len(points)} of {len(trials)} trials on the front")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "pareto.png")
+
+
 def fig_importance(imps: dict[str, dict[str, float]], out: Path) -> Path | None:
     if not imps:
         return None
@@ -511,17 +605,35 @@ def render_html(
         return f'<img src="{figs[key].name}" alt="{key}">' if figs.get(key) else ""
 
     final_cols, final_rows, final_lines = tables["final"]
+    pareto = []
+    if tables["pareto"][1]:
+        names = [o["metric"] for o in res["objectives"]]
+        pareto = [
+            f"<h2>Pareto front: {' against '.join(names)}</h2>",
+            "<p class=note>the trials no other trial beats on one objective without losing on "
+            "the other, cheapest first; each is a runnable experiment "
+            f"(<code>python -m cmkd.train --config {html.escape(str(sweep['dir']))}/pareto/K.yaml"
+            "</code>). The front is chosen on the trials' own values (the search's seed, the "
+            "best of several: optimistic); no trial was stopped early. Where the front was "
+            "retrained on fresh seeds, their mean ± std is shown beside it (green in the "
+            "figure), and a point another beats there is marked off the front.</p>",
+            html_table(*tables["pareto"]),
+            img("pareto"),
+        ]
     sections = [
         f"<h1>Sweep {html.escape(sweep['name'])}</h1>",
         f"<p>{html.escape(meta)}. {n_search} searched trials ({n_stopped} stopped early by ASHA) "
         f"and {len(sweep['trials']) - n_search} reference trials; metric {sweep['metric']} "
         f"({sweep['mode']}), up to {sweep['max_epochs']} epochs. Folder: "
         f"<code>{html.escape(str(sweep['dir']))}</code>.</p>",
-        "<h2>Verdict: the finalists against the references (final retrain, fresh seeds)</h2>",
+        *pareto,
+        "<h2>Final retrain: the front's points on fresh seeds</h2>"
+        if res.get("objectives")
+        else "<h2>Verdict: the finalists against the references (final retrain, fresh seeds)</h2>",
         html_table(final_cols, final_rows)
         if final_rows
         else "<p class=note>no final retrain "
-        "in this sweep (results.json missing, or --final-seeds 0)</p>",
+        "in this sweep (results.json missing, --final-seeds 0, or two objectives)</p>",
         "".join(f"<p><b>{html.escape(line)}</b></p>" for line in final_lines),
         img("final"),
         "<h2>Leaderboard</h2>",
@@ -652,6 +764,7 @@ def make_report(
     tables = {
         "leaderboard": leaderboard(sweep),
         "final": final_table(sweep),
+        "pareto": pareto_table(sweep),
         "importance": (
             ["parameter", *imps],
             [[p, *[imps[e].get(p, "") for e in imps]] for p in params],
@@ -659,6 +772,7 @@ def make_report(
     }
     figs = {
         "final": fig_final(sweep, out),
+        "pareto": fig_pareto(sweep, out),
         "leaderboard": fig_leaderboard(sweep, out),
         "importance": fig_importance(imps, out),
         "parallel": fig_parallel(sweep, study, out),

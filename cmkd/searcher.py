@@ -16,6 +16,11 @@ Optuna's ask-and-tell interface directly so that:
 - a proposal that would train a run already trained or running (same config, same seed: the
   same numbers) is not run again: it is recorded as FAIL (so TPE does not weigh it twice) and
   the searcher asks again, falling back to a random proposal after a few repeats.
+
+A space with two ``objectives`` (``cmkd.pareto``) makes it a multi-objective study: TPE with
+one direction per objective, each trial told its two values (``best_<metric>`` and the cost
+the trial reports), ``study.best_trials`` its Pareto front. Optuna keeps no intermediate values
+for several objectives, so nothing is reported per epoch; the sweep stops no trial early.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from cmkd.config import DistillConfig
+from cmkd.pareto import result_key
 from cmkd.space import SearchSpace
 
 REPEATS_BEFORE_RANDOM = 3
@@ -80,7 +86,10 @@ class TPESearch(Searcher):
         # group=True models each branch of a conditional space jointly (marked experimental).
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         self.space = space
-        direction = "maximize" if space.mode == "max" else "minimize"
+        objectives = space.objectives or ((space.metric, space.mode),)
+        self.keys = [result_key(m) for m, _ in objectives]
+        """The result each objective is read from, in the study's order."""
+        directions = ["maximize" if mode == "max" else "minimize" for _, mode in objectives]
         with warnings.catch_warnings():
             # Optuna marks `gamma` deprecated (4.9) with no replacement; pyproject pins optuna
             # below 6, and tests/test_searcher.py fails if the split stops concentrating.
@@ -95,7 +104,7 @@ class TPESearch(Searcher):
             )
         random = optuna.samplers.RandomSampler(seed=seed)
         self.study = optuna.create_study(
-            direction=direction, sampler=tpe if sampler == "tpe" else random
+            directions=directions, sampler=tpe if sampler == "tpe" else random
         )
         # The same study (one storage) asked through a random sampler: the way out of repeats.
         self.random = optuna.create_study(
@@ -126,6 +135,8 @@ class TPESearch(Searcher):
         return {**config, "role": "search"}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.space.pareto:  # Optuna keeps no intermediate values for several objectives
+            return
         if trial_id in self.trials and self.metric in result and "epoch" in result:
             trial, _ = self.trials[trial_id]
             value = float(result[self.metric])
@@ -137,8 +148,9 @@ class TPESearch(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error=False) -> None:
         from optuna.trial import TrialState, create_trial
 
-        value = (result or {}).get(self.metric)
-        ok = not error and value is not None and math.isfinite(float(value))
+        values = [(result or {}).get(k) for k in self.keys]
+        ok = not error and all(v is not None and math.isfinite(float(v)) for v in values)
+        values = [float(v) for v in values] if ok else None
         if trial_id in self.references:
             config = self.references.pop(trial_id)
             point = self.space.encode(config)
@@ -147,7 +159,7 @@ class TPESearch(Searcher):
                     create_trial(
                         params=point,
                         distributions=self.space.distributions(point),
-                        value=float(value),
+                        values=values,
                         user_attrs={"role": config.get("role", "reference")},
                     )
                 )
@@ -157,13 +169,14 @@ class TPESearch(Searcher):
         trial, epochs = self.trials.pop(trial_id)
         if not ok:
             self.study.tell(trial, state=TrialState.FAIL)
-        elif int(result.get("epoch", epochs)) < epochs:  # stopped early by ASHA
-            with warnings.catch_warnings():  # the epoch may be reported already
-                warnings.simplefilter("ignore")
-                trial.report(float(value), int(result["epoch"]))
+        elif int(result.get("epoch", epochs)) < epochs:  # stopped early (ASHA, time budget)
+            if not self.space.pareto:
+                with warnings.catch_warnings():  # the epoch may be reported already
+                    warnings.simplefilter("ignore")
+                    trial.report(values[0], int(result["epoch"]))
             self.study.tell(trial, state=TrialState.PRUNED)  # valued at its last epoch
         else:
-            self.study.tell(trial, float(value))
+            self.study.tell(trial, values)
 
     def save(self, checkpoint_path: str) -> None:
         # One file (Tune renames it atomically); the study and its storage travel inside.

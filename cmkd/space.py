@@ -22,6 +22,15 @@ the listed values; a parameter not suggested keeps its ``fixed`` value or Distil
 Optuna samples; it does not run grids, so ``grid_search`` is refused: use ``choice``.
 PyYAML reads ``1e-3`` as text; write ``1.0e-3``.
 
+Instead of ``metric``/``mode`` a space may declare two objectives, a quality metric and a cost
+of the student (``cmkd.pareto``), and search the student's size beside the rest::
+
+    objectives:
+      - {metric: val_acc, mode: max}
+      - {metric: student_params, mode: min}      # or student_latency_ms
+    params:
+      student_width: {choice: [8, 32, 128]}
+
 Every bound and every choice must itself be a valid value of its DistillConfig field, so a file
 that loads yields only valid trials. Each problem is a :class:`SpaceError` naming the file and
 the key path, e.g. ``x.yaml: params.epsilon.loguniform: low must be > 0 for a log range, got -1``.
@@ -45,17 +54,22 @@ import yaml
 from pydantic import ValidationError
 
 from cmkd.config import ConfigError, DistillConfig
+from cmkd.pareto import COSTS, MAX_OBJECTIVES, QUALITY
 
-METRICS = ("val_acc", "val_acc_teacher_head", "val_ce")
+METRICS = tuple(QUALITY)
 """Metrics a sweep can optimise (reported by every trial)."""
-METRIC_MODES = {"val_acc": "max", "val_acc_teacher_head": "max", "val_ce": "min"}
+METRIC_MODES = QUALITY
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 """Where :func:`load_space` finds a space given by bare name."""
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 _TOP_KEYS = (
-    "description", "metric", "mode", "fixed", "params", "start", "finalists", "val_per_class"
+    "description", "metric", "mode", "objectives", "fixed", "params", "start", "finalists",
+    "val_per_class",
 )  # fmt: skip
+SIZE_FIELDS = ("student_width", "student_depth")
+"""The DistillConfig fields that change what a student costs (one must be searched for a cost
+objective to vary)."""
 FINALISTS = 3
 """Default number of top candidates retrained on fresh seeds at the end of a sweep."""
 _PARAM_KEYS = (*DISTRIBUTIONS, "when", "log")
@@ -133,6 +147,20 @@ class SearchSpace:
     val_per_class: int | None = None
     """Validation rows per class the sweep draws when --val-per-class is not given (None: the
     data default). A space whose gains are a few points needs enough rows to resolve them."""
+    objectives: tuple[tuple[str, str], ...] = ()
+    """(metric, mode) of each objective of a two-objective space (quality first, then the
+    student's cost); empty for a single objective, ``metric``/``mode``. With two, ``metric`` and
+    ``mode`` are the quality objective's."""
+
+    @property
+    def pareto(self) -> bool:
+        """Whether the sweep searches a Pareto front of two objectives."""
+        return bool(self.objectives)
+
+    @property
+    def cost(self) -> str | None:
+        """The cost objective's metric (``student_params``, ``student_latency_ms``), or None."""
+        return next((m for m, _ in self.objectives if m in COSTS), None)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -223,6 +251,8 @@ class SearchSpace:
         }
         if self.val_per_class is not None:
             out["val_per_class"] = self.val_per_class
+        if self.objectives:
+            out["objectives"] = [{"metric": m, "mode": mode} for m, mode in self.objectives]
         if self.start:
             out["start"] = [dict(p) for p in self.start]
         return out
@@ -239,7 +269,8 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
     src = str(path)
     raw = _read(path, src)
     _check_top(raw, src)
-    metric, mode = _parse_metric(raw, src)
+    objectives = _parse_objectives(raw, src)
+    metric, mode = objectives[0] if objectives else _parse_metric(raw, src)
     description = raw.get("description") or ""
     if not isinstance(description, str):
         raise SpaceError(f"{src}: description: expected one line of text, got {description!r}")
@@ -257,9 +288,82 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
             f"{src}: val_per_class: expected a whole number >= 1 of validation rows per class, "
             f"got {vpc!r}"
         )
-    space = SearchSpace(src, description, metric, mode, fixed, params, (), finalists, vpc)
+    if objectives and not any(n in SIZE_FIELDS for n in (p.name for p in params)):
+        raise SpaceError(
+            f"{src}: objectives: {objectives[1][0]} is the same for every trial unless the "
+            f"student's size is searched; add {' or '.join(SIZE_FIELDS)} under params, e.g. "
+            "student_width: {choice: [16, 64, 256]}"
+        )
+    space = SearchSpace(
+        src, description, metric, mode, fixed, params, (), finalists, vpc, objectives
+    )
     start = _parse_start(raw.get("start"), space, src)
     return replace(space, start=start)
+
+
+def _parse_objectives(raw: dict, src: str) -> tuple[tuple[str, str], ...]:
+    """``objectives``: exactly two ``{metric, mode}`` mappings, one quality metric (first, in
+    the returned order) and one cost; ``mode`` may be left out but must agree with the metric."""
+    if "objectives" not in raw:
+        return ()
+    objectives = raw["objectives"]
+    for key in ("metric", "mode"):
+        if key in raw:
+            raise SpaceError(
+                f"{src}: {key}: give either objectives or metric/mode, not both (with "
+                "objectives, each one names its own metric and mode)"
+            )
+    example = "[{metric: val_acc, mode: max}, {metric: student_params, mode: min}]"
+    if not isinstance(objectives, list):
+        raise SpaceError(
+            f"{src}: objectives: expected a list such as {example}, got {objectives!r}"
+        )
+    if len(objectives) != MAX_OBJECTIVES:
+        more = len(objectives) > MAX_OBJECTIVES
+        raise SpaceError(
+            f"{src}: objectives: expected exactly {MAX_OBJECTIVES} objectives (a quality metric "
+            f"and a cost of the student), got {len(objectives)}"
+            + ("" if more else "; for one objective write metric: (and mode:) instead")
+        )
+    known = {**QUALITY, **COSTS}
+    parsed = []
+    for i, obj in enumerate(objectives):
+        where = f"objectives[{i}]"
+        if not isinstance(obj, dict):
+            raise SpaceError(
+                f"{src}: {where}: expected a mapping {{metric: ..., mode: ...}}, got {obj!r}"
+            )
+        for key in obj:
+            if key not in ("metric", "mode"):
+                raise SpaceError(
+                    f"{src}: {where}: unknown key '{key}'{_hint(key, ('metric', 'mode'))}; "
+                    "expected metric and mode"
+                )
+        if "metric" not in obj:
+            raise SpaceError(f"{src}: {where}.metric: missing; expected one of {list(known)}")
+        metric = obj["metric"]
+        if metric not in known:
+            raise SpaceError(
+                f"{src}: {where}.metric: unknown metric {metric!r}{_hint(metric, known)}; "
+                f"expected a quality metric {list(QUALITY)} or a cost {list(COSTS)}"
+            )
+        mode = obj.get("mode", known[metric])
+        if mode not in ("max", "min"):
+            raise SpaceError(f"{src}: {where}.mode: expected max or min, got {mode!r}")
+        if mode != known[metric]:
+            raise SpaceError(
+                f"{src}: {where}.mode: {metric} is to be {known[metric]}imised; mode must be "
+                f"{known[metric]} (or left out), got {mode}"
+            )
+        parsed.append((metric, mode))
+    kinds = [m in COSTS for m, _ in parsed]
+    if kinds.count(True) != 1:
+        which = "two costs" if all(kinds) else "two quality metrics"
+        raise SpaceError(
+            f"{src}: objectives: got {which} ({parsed[0][0]}, {parsed[1][0]}); expected one "
+            f"quality metric {list(QUALITY)} and one cost of the student {list(COSTS)}"
+        )
+    return tuple(sorted(parsed, key=lambda o: o[0] in COSTS))
 
 
 def _parse_start(start: Any, space: SearchSpace, src: str) -> tuple[dict[str, Any], ...]:

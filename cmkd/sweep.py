@@ -1,4 +1,7 @@
-"""The Ray side of a sweep: searcher, scheduler, Tuner, W&B, resume and the final retrain."""
+"""The Ray side of a sweep: searcher, scheduler, Tuner, W&B, resume and the final retrain.
+
+A two-objective space (``objectives``) stops no trial early and ends with its Pareto front,
+retrained on the final seeds, instead of the finalists and the verdict (:func:`finish_pareto`)."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from cmkd.leaderboard import (
     summarise,
     sweep_references,
 )
+from cmkd.pareto import format_value, front, front_table, pareto_points
 from cmkd.placement import IdleGroupReaper
 from cmkd.searcher import canonical, make_searcher
 from cmkd.trial import (
@@ -51,8 +55,9 @@ def trial_name(trial) -> str:
 class Progress(tune.Callback):
     """One line per trial event: started, each epoch's metric, finished or stopped by ASHA."""
 
-    def __init__(self, total: int, metric: str, max_epochs: int):
+    def __init__(self, total: int, metric: str, max_epochs: int, cost: str | None = None):
         self.total, self.metric, self.max_epochs = total, metric, max_epochs
+        self.cost = cost  # a two-objective sweep's cost of the student, said when a trial ends
         self.done, self.t0, self.best = 0, time.perf_counter(), {}
 
     def _say(self, text: str) -> None:
@@ -88,9 +93,11 @@ class Progress(tune.Callback):
             else "finished"
         )
         best = self.best.get(trial.trial_id)
+        cost = (trial.last_result or {}).get(self.cost) if self.cost else None
         self._say(
             f"{trial_name(trial)} {how} after {epochs} epoch(s)"
             + (f", best {self.metric} {best:.4f}" if best is not None else "")
+            + (f", {self.cost} {format_value(self.cost, cost)}" if cost is not None else "")
         )
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -302,6 +309,141 @@ def row_name(row: dict) -> str:
 
 
 RESULT_FILES = ("results.json", "best.yaml")
+PARETO_DIR = "pareto"
+"""A two-objective sweep's front, one runnable experiment per point: ``pareto/<k>.yaml``."""
+
+
+def front_files(local_dir: Path) -> list[str]:
+    folder = local_dir / PARETO_DIR
+    return (
+        sorted(f"{PARETO_DIR}/{f.name}" for f in folder.glob("*.yaml")) if folder.is_dir() else []
+    )
+
+
+def confirm_front(points: list[dict], final: dict, objectives) -> None:
+    """Each point's final retrain: ``fresh_seeds`` holds its seeds, the quality metric's mean
+    and std over them, and ``on_front``: whether, with every point valued by those means, no
+    other point dominates it (a point the search's luck put there may not stay)."""
+    quality = objectives[0][0]
+    valued = [p for p in points if p["name"] in final]
+    means = [(final[p["name"]]["val_mean"], p["values"][objectives[1][0]]) for p in valued]
+    kept = set(front(means, [mode for _, mode in objectives]))
+    for i, p in enumerate(valued):
+        e = final[p["name"]]
+        p["fresh_seeds"] = {
+            "seeds": [r["seed"] for r in e["runs"]],
+            f"{quality}_mean": e["val_mean"],
+            f"{quality}_std": e["val_std"],
+            **{k: e[k] for k in ("test_acc_mean", "test_acc_std") if k in e},
+            "on_front": i in kept,
+        }
+
+
+def write_front(out_dir: Path, points: list[dict], data_cfg: DataConfig) -> None:
+    """``out_dir/pareto/<k>.yaml`` for each point (``python -m cmkd.train --config``); each
+    point gains ``file`` and ``experiment`` (the same, as results.json keeps it). Files of an
+    earlier front (a resumed sweep) are replaced."""
+    folder = out_dir / PARETO_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.yaml"):
+        old.unlink()
+    for k, point in enumerate(points):
+        exp = Experiment(
+            data=data_cfg, distill=DistillConfig.from_dict(distill_only(point["config"]))
+        )
+        exp.to_yaml(folder / f"{k}.yaml")
+        point["file"] = f"{PARETO_DIR}/{k}.yaml"
+        point["experiment"] = exp.model_dump()
+
+
+def finish_pareto(
+    args, space, data, data_cfg: DataConfig, rows: list[dict], name: str, root: str,
+    t_start: float, facts: dict, retrain=None, seeds: list[int] = (),
+) -> int:  # fmt: skip
+    """The end of a two-objective sweep: its Pareto front in results.json and as
+    ``pareto/<k>.yaml``, and the front as a table. The front is chosen on the trials' own
+    values, the best of several and so optimistic; ``retrain`` (the final retrain on the fresh
+    ``seeds``; None with --final-seeds 0) trains each point again, and each point keeps its mean
+    and whether it stays on the front with those means. No verdict: it picks one candidate
+    against no distillation on one metric, and a front is a set of trade-offs to choose from."""
+    path = f"{root}/{name}"
+    points = pareto_points(rows, space.objectives)
+    if not points:
+        first = next((r["error"] for r in rows if r["error"]), "no trial reported both objectives")
+        print(
+            f"\nerror: no trial of sweep {name!r} finished with both objectives "
+            f"({space.metric}, {space.cost}), so there is no front; the first failure: {first} "
+            f"(each trial's error.txt is under {path})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    final, final_failed = {}, {}
+    if retrain is not None:
+        print(
+            f"\nfinal stage: retraining the {len(points)} points of the front with fresh seeds "
+            f"{list(seeds)} on the full schedule",
+            flush=True,
+        )
+        final, final_failed = retrain({p["name"]: p["config"] for p in points})
+        confirm_front(points, final, space.objectives)
+    out_dir = Path(root) / name if "://" not in root else Path("runs") / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_front(out_dir, points, data_cfg)
+    total_s = time.perf_counter() - t_start
+    results = {
+        "name": name,
+        "space": str(space.path),
+        "benchmark": data.meta.name,
+        "student": data.student,
+        "teacher": data.teacher,
+        "labels_per_class": data_cfg.labels_per_class,
+        "val_per_class": data_cfg.val_per_class,
+        "metric": space.metric,
+        "objective": "best_" + space.metric,
+        "objectives": [{"metric": m, "mode": mode} for m, mode in space.objectives],
+        "pareto": points,
+        "trials": rows,
+        "finalists": [],
+        "final_seeds": list(seeds) if retrain is not None else [],
+        "final": final,
+        "final_failed": final_failed,
+        "verdict": None,
+        "searcher": args.searcher,
+        "early_stop": "none",
+        "time_budget_s": args.time_budget,
+        "total_s": total_s,
+        "prepare_s": getattr(args, "prepare_s", None),
+        "final_s": total_s - facts["sweep_s"],
+        "storage": path,
+        **facts,
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    study = write_study(out_dir) if "://" not in root else None
+    if "://" in root:
+        upload_results(out_dir, path)
+    log_summary_to_wandb(args.wandb, args.wandb_project, name, rows, final)
+    ok = sum(r["error"] is None for r in rows)
+    print(f"\nsweep {facts['sweep_s']:.0f} s, total {total_s:.0f} s. Written to {out_dir}:")
+    print("  results.json  every trial's config and curve, and the Pareto front (`pareto`)")
+    print(f"  {PARETO_DIR}/<k>.yaml  point k of the front; run it again: "
+          f"python -m cmkd.train --config {out_dir}/{PARETO_DIR}/0.yaml")  # fmt: skip
+    if study is not None:
+        print(f"  {study.name}  the searched trials as an Optuna study: optuna-dashboard {study}")
+    print(f"  report        python -m cmkd.report {out_dir}")
+    if retrain is None:
+        print(
+            "\nno final retrain (--final-seeds 0): the values below are the trials' own (the "
+            "best of several, so optimistic); check a point on other seeds with --set seed=N",
+            flush=True,
+        )
+    print(
+        f"\nPareto front of {space.metric} against {space.cost}: {len(points)} of {ok} "
+        "finished trials, cheapest first:",
+        flush=True,
+    )
+    print(front_table(points, space.objectives), flush=True)
+    return 0
 
 
 def upload_results(local_dir: Path, uri: str, attempts: int = 3) -> None:
@@ -317,7 +459,9 @@ def upload_results(local_dir: Path, uri: str, attempts: int = 3) -> None:
         try:
             fs, path = pafs.FileSystem.from_uri(uri)
             fs.create_dir(path, recursive=True)
-            for f in RESULT_FILES:
+            if (local_dir / PARETO_DIR).is_dir():
+                fs.create_dir(f"{path}/{PARETO_DIR}", recursive=True)
+            for f in (*RESULT_FILES, *front_files(local_dir)):
                 if (local_dir / f).is_file():
                     with fs.open_output_stream(f"{path}/{f}") as out:
                         out.write((local_dir / f).read_bytes())
@@ -398,8 +542,10 @@ def make_trainable(
     sweep_path: str,
     metric: str = "val_acc",
     local: bool = False,
+    latency: bool = False,
 ):
-    """The Tune trainable of a sweep, and the object-store refs of what every trial reads."""
+    """The Tune trainable of a sweep, and the object-store refs of what every trial reads
+    (``latency``: each trial measures ``student_latency_ms``)."""
     # Put once; wrapped in lists so that the refs travel as refs (Ray resolves only top-level ones).
     payload_ref = [ray.put(pack(data))]
     train_ref = [ray.put((data.x_train.numpy(), data.y_train.numpy()))]
@@ -410,6 +556,7 @@ def make_trainable(
         "resources": resources,
         "storage": f"{sweep_path}/train-runs",
         "metric": metric,
+        "latency": latency,
     }
     if local:
         trainable = tune.with_resources(
@@ -483,6 +630,16 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         )
     else:
         at_once = f"up to {concurrency} at once"
+    if space.pareto:
+        args.early_stop = "none"  # every trial runs its schedule: a small student is no loser
+        print(
+            f"two objectives: {space.metric} ({space.mode}) against {space.cost} (min); the "
+            "sweep ends with their Pareto front. No early stopping: ASHA ranks on one metric "
+            "and would cut small students that belong on the front. The final retrain trains "
+            "the front's points on fresh seeds; no verdict (it weighs one candidate against no "
+            "distillation on one metric).",
+            flush=True,
+        )
     print(
         f"sweep {name!r}: {args.num_samples} searched + {len(refs)} reference trials"
         f"{pool_refs_note(pool, balanced)}, {at_once}, {resources.workers} worker(s) x {resources.cpus_per_worker:g} CPU"
@@ -494,7 +651,13 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
 
     path = f"{root}/{name}"
     trainable, payload_ref, train_ref = make_trainable(
-        data, data_cfg, resources, path, metric=space.metric, local=local
+        data,
+        data_cfg,
+        resources,
+        path,
+        metric=space.metric,
+        local=local,
+        latency=space.cost == "student_latency_ms",
     )
     if args.resume and tune.Tuner.can_restore(path):
         print(f"resuming the sweep in {path}", flush=True)
@@ -521,7 +684,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
                 name=name,
                 storage_path=root,
                 callbacks=[
-                    Progress(budget, space.metric, max_epochs),
+                    Progress(budget, space.metric, max_epochs, space.cost),
                     *wandb_callbacks(args.wandb, args.wandb_project, name),
                 ],
                 failure_config=tune.FailureConfig(max_failures=1),
@@ -556,7 +719,34 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         )
         return 143 if StopSignal.received else 130
     rows = summarise(grid, space.metric, space.mode)
-    print_leaderboard(rows, space.metric, max_epochs)
+    print_leaderboard(rows, space.metric, max_epochs, cost=space.cost)
+    seeds = fresh_seeds(rows, args.final_seeds)
+
+    def retrain(named: dict[str, dict]) -> tuple[dict, dict]:
+        """The named configs on the final seeds, with the trials' own recipe."""
+        return final_retrain(
+            named,
+            data_cfg,
+            seeds,
+            payload_ref,
+            train_ref,
+            cpus=min(1.0, cluster.get("CPU", 0)) or 1.0,  # no CPU yet: on the nodes to come
+            metric=space.metric,
+            resources=resources,
+            storage=f"{path}/final-runs",
+        )
+
+    if space.pareto:
+        facts = {
+            "tune_started_at": tune_started_at,
+            "sweep_s": sweep_s,
+            "resources": resources.__dict__,
+            "concurrency": "grows with the cluster" if grows else concurrency,
+        }
+        again = retrain if args.final_seeds > 0 else None
+        return finish_pareto(
+            args, space, data, data_cfg, rows, name, root, t_start, facts, again, seeds
+        )
     top = finalists(rows, space.metric, space.mode, space.finalists)
     if not top:
         print(
@@ -577,22 +767,7 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         )
         if best is not None:  # even when the reference itself is a finalist: it stands for all
             configs[role] = best["config"]
-    final, final_failed, seeds = {}, {}, fresh_seeds(rows, args.final_seeds)
-
-    def retrain(named: dict[str, dict]) -> tuple[dict, dict]:
-        """The named configs on the final seeds, with the trials' own recipe."""
-        return final_retrain(
-            named,
-            data_cfg,
-            seeds,
-            payload_ref,
-            train_ref,
-            cpus=min(1.0, cluster.get("CPU", 0)) or 1.0,  # no CPU yet: on the nodes to come
-            metric=space.metric,
-            resources=resources,
-            storage=f"{path}/final-runs",
-        )
-
+    final, final_failed = {}, {}
     if args.final_seeds > 0:
         print(
             f"\nfinal stage: retraining the top {len(top)} ({', '.join(row_name(r) for r in top)}) "

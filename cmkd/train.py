@@ -40,7 +40,7 @@ from cmkd.data import (
     validate_benchmark,
 )
 from cmkd.methods import Batch, PoolBatch, evaluate, make_step
-from cmkd.models import Student, build_student
+from cmkd.models import Student, build_student, count_params
 from cmkd.stream import TrainStream, local_batches, should_stream
 from cmkd.teacher import benchmark_fingerprint, resolve_encoder, train_teacher
 
@@ -345,17 +345,34 @@ def student_encoder(
     )
 
 
-def make_student(data: RunData, cfg: DataConfig) -> Student:
+STUDENT_SIZE = {"cnn": ("width", "blocks"), "mlp": ("hidden", "depth")}
+"""The encoder arguments a student's ``student_width`` and ``student_depth`` set, per kind."""
+
+
+def make_student(
+    data: RunData, cfg: DataConfig, width: int | None = None, depth: int | None = None
+) -> Student:
+    """The student encoder of ``cfg`` with its head; ``width``/``depth`` override the default
+    size of a CNN or MLP student (:data:`STUDENT_ENCODER`; None keeps it)."""
     kind, kwargs, feature_dim = student_encoder(
         cfg, data.in_shape, data.student, data.bank.feature_dim, data.teacher
     )
+    size = dict(STUDENT_ENCODER.get(kind, {}))
+    for key, value in zip(STUDENT_SIZE.get(kind, ()), (width, depth), strict=False):
+        if value is not None:
+            size[key] = value
+    if kind == "cnn" and min(data.in_shape[1:]) < 2 ** size.get("blocks", 2):
+        raise ValueError(
+            f"student_depth {size['blocks']}: each CNN block halves the input, and "
+            f"{tuple(data.in_shape)} allows at most {int(math.log2(min(data.in_shape[1:])))}"
+        )
     return build_student(
         kind,
         data.in_shape,
         data.meta.num_classes,
         feature_dim=feature_dim,
         teacher_dim=data.bank.feature_dim,
-        **STUDENT_ENCODER.get(kind, {}),
+        **size,
         **kwargs,
     )
 
@@ -447,9 +464,10 @@ class Run:
         # Channels-last conv weights: the CNN student's forward and backward on 128 spectrograms
         # took 0.066 s against 0.080 s on one CPU thread (max-pooling and convolution have NHWC
         # kernels); a no-op for MLPs.
-        self.student = make_student(data, data_cfg or DataConfig()).to(
-            self.device, memory_format=torch.channels_last
-        )
+        self.student = make_student(
+            data, data_cfg or DataConfig(), cfg.student_width, cfg.student_depth
+        ).to(self.device, memory_format=torch.channels_last)
+        self.student_params = count_params(self.student)  # the size a two-objective sweep reads
         check_pool(cfg, data)
         check_pairing(cfg, data)
         self.paired = cfg.pairing == "paired"

@@ -23,6 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from cmkd.bank import TeacherBank
 from cmkd.config import DataConfig, DistillConfig
+from cmkd.cost import latency_ms
 from cmkd.data import Meta
 from cmkd.losses import NonFiniteError
 from cmkd.stream import TrainStream, table_to_xy
@@ -229,11 +230,13 @@ def train_loop(
 ) -> None:
     """The one road from a trial's configuration to its epochs, on every path a trial takes.
 
-    ``config``: the trial's ``distill`` and ``data`` settings, ``metric`` and ``diverged_uri``
-    (:func:`loop_config`); ``data``: this rank's rows; ``restored``: the state of the last
+    ``config``: the trial's ``distill`` and ``data`` settings, ``metric``, ``diverged_uri`` and
+    ``latency`` (:func:`loop_config`); ``data``: this rank's rows; ``restored``: the state of the last
     checkpoint, if any; ``report(metrics, state)``: called once per epoch, with the run's state
     to checkpoint on rank 0 (None on the other ranks); ``batches``: a streamed shard's batches.
     A loss that turns NaN or inf writes the diverged marker (a retry then fails at once).
+    Every epoch also reports what the student costs: ``student_params``, and when
+    ``latency`` is asked, ``student_latency_ms`` (measured once, before training).
     """
     marker = config.get("diverged_uri")
     cfg = DistillConfig.from_dict(config["distill"], source="trial config")
@@ -248,6 +251,9 @@ def train_loop(
     )
     if batches is not None:
         run.batch_source = batches
+    costs = {"student_params": run.student_params}
+    if config.get("latency"):
+        costs["student_latency_ms"] = latency_ms(run.student, data.in_shape, device)
     if restored is not None:
         run.load_state_dict(restored)
     if run.epoch >= cfg.epochs and run.history:
@@ -257,7 +263,7 @@ def train_loop(
         run.best = None
         for m in run.history:
             run.best = m if run.improves(m) else run.best
-            report(_with_best(m, run), None)
+            report({**_with_best(m, run), **costs}, None)
     while run.epoch < cfg.epochs:
         try:
             metrics = run.run_epoch()
@@ -265,11 +271,16 @@ def train_loop(
             if marker:
                 write_marker(marker, f"diverged in epoch {run.epoch}: {e}")
             raise
-        report(_with_best(metrics, run), run.state_dict() if rank == 0 else None)
+        report({**_with_best(metrics, run), **costs}, run.state_dict() if rank == 0 else None)
 
 
 def loop_config(
-    config: dict, data_cfg: dict, metric: str, diverged_uri: str | None, **refs
+    config: dict,
+    data_cfg: dict,
+    metric: str,
+    diverged_uri: str | None,
+    latency: bool = False,
+    **refs,
 ) -> dict:
     """What :func:`train_loop` reads of a trial (and a Train worker of its rows' refs)."""
     return {
@@ -277,6 +288,7 @@ def loop_config(
         "data": data_cfg,
         "diverged_uri": diverged_uri,
         "metric": metric,
+        "latency": latency,
         **refs,
     }
 
@@ -359,6 +371,7 @@ def trial_local(
     resources: Resources,
     storage: str,
     metric: str = "val_acc",
+    latency: bool = False,
 ) -> None:
     """The Tune trainable of a one-worker trial whose rows are in memory: :func:`train_loop` in
     the trial's own process, checkpointed through Tune (a failed trial is retried from its last
@@ -371,7 +384,7 @@ def trial_local(
     device = "cuda" if resources.gpus_per_worker else "cpu"
     try:
         train_loop(
-            loop_config(config, data_cfg, metric, diverged_uri),
+            loop_config(config, data_cfg, metric, diverged_uri, latency),
             data,
             report=_checkpointed(ray.tune.report, ray.tune.Checkpoint),
             restored=_load_state(ray.tune.get_checkpoint(), device),
@@ -421,6 +434,7 @@ def trial_driver(
     storage: str,
     max_failures: int,
     metric: str = "val_acc",
+    latency: bool = False,
 ) -> None:
     # ``storage`` is the sweep's folder: each trial's Train run lives beside Tune's trial dirs.
     """The Tune trainable: one TorchTrainer, named from the trial id so a retry resumes."""
@@ -438,6 +452,7 @@ def trial_driver(
         diverged_uri=diverged_uri,
         metric=metric,
         callbacks=[TuneReportCallback()],
+        latency=latency,
     )
     try:
         trainer.fit()
@@ -463,6 +478,7 @@ def make_trainer(
     diverged_uri: str | None,
     metric: str,
     callbacks: list,
+    latency: bool = False,
 ) -> TorchTrainer:
     """The ``TorchTrainer`` of one run: K workers running :func:`worker_loop` on ``config``."""
     # Rows in memory travel through the object store (each worker takes its share of
@@ -475,6 +491,7 @@ def make_trainer(
             data_cfg,
             metric,
             diverged_uri,
+            latency,
             payload=payload_ref,
             train=train_ref if stream is None else None,
         ),

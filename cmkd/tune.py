@@ -9,10 +9,12 @@
 Every sweep also runs two reference trials: no distillation (``ce``) and the paper code's UCMKD
 defaults; they run first, and each the space can express warm-starts TPE. The objective is the
 best validation value up to each epoch (ASHA, Optuna and the leaderboard read the same number).
-At the end the top candidates (references included) and both references are retrained on fresh
-seeds, and the verdict is decided on paired seeds against no distillation: the recommendation
-is a distillation config only if its mean validation gain clears 2 standard errors over >= 3
-seeds, else it is no distillation. The sweep folder receives ``results.json`` (every trial, the
+A space with two ``objectives`` (accuracy against the student's size or latency) ends instead
+with their Pareto front, one runnable experiment per point (``pareto/<k>.yaml``): no early
+stopping, the front's points retrained on fresh seeds, no verdict. Otherwise, at the end the top candidates (references included)
+and both references are retrained on fresh seeds, and the verdict is decided on paired seeds
+against no distillation: the recommendation is a distillation config only if its mean
+validation gain clears 2 standard errors over >= 3 seeds, else it is no distillation. The sweep folder receives ``results.json`` (every trial, the
 final retrain, the verdict) and ``best.yaml`` (``python -m cmkd.train --config best.yaml``).
 """
 
@@ -368,6 +370,23 @@ def keep_wandb_in(base: Path) -> None:
         os.environ.setdefault(var, str(base / sub))
 
 
+def check_student_size(space, data, data_cfg: DataConfig) -> None:
+    """The deepest student the space can ask for must fit the data's input (each CNN block
+    halves it): a ConfigError naming the key now, not a failure in every such trial."""
+    from cmkd.train import make_student
+
+    depths = [space.fixed.get("student_depth")]
+    for p in space.params:
+        if p.name == "student_depth":
+            depths = list(p.choices) if p.kind == "choice" else [p.high]
+    depth = max((d for d in depths if d is not None), default=None)
+    if depth is not None:
+        try:
+            make_student(data, data_cfg, None, int(depth))
+        except ValueError as e:
+            raise ConfigError(f"{space.path}: student_depth: {e}") from None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
@@ -436,6 +455,7 @@ def main(argv=None) -> int:
 
         data = load_run_data(data_cfg)
         check_pairing(space, data)
+        check_student_size(space, data, data_cfg)
         args.prepare_s = time.perf_counter() - t_start  # building, validating, loading the data
     except (ConfigError, SpaceError, ValueError, FileNotFoundError) as e:
         return cli.error(str(e))
@@ -447,6 +467,7 @@ def main(argv=None) -> int:
             f"ok: sweep {name!r} in {root}: {args.num_samples} searched + {len(refs)} reference "
             f"trials of {space.path}, {data.student} student ({len(data.y_train)} labelled, "
             f"{len(data.y_val)} validation rows) from the {data.teacher} teacher"
+            + (f"; two objectives, {space.metric} against {space.cost}" if space.pareto else "")
         )
         return 0
     args.wandb = setup_wandb_env(args.wandb, root, name)  # the summary run logs the same way

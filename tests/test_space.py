@@ -12,7 +12,7 @@ from cmkd.space import SPACES_DIR, SearchSpace, SpaceError, available_spaces, lo
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SHIPPED = ["bilevel", "default", "mmd", "paired", "pool", "sinkhorn", "smoke"]
+SHIPPED = ["bilevel", "default", "mmd", "paired", "pareto", "pool", "sinkhorn", "smoke"]
 DEFAULTS = DistillConfig()
 
 
