@@ -256,6 +256,8 @@ def test_a_reference_the_space_expresses_enters_with_both_values(tmp_path):
 def fake_data(in_shape):
     return SimpleNamespace(
         in_shape=in_shape,
+        student="b",
+        teacher="a",
         meta=SimpleNamespace(num_classes=10),
         bank=SimpleNamespace(feature_dim=16),
     )
