@@ -20,6 +20,7 @@ FLAGS = {
     "labels_per_class": "--labels-per-class",
     "val_per_class": "--val-per-class",
     "unlabelled": "--unlabelled",
+    "encoder": "--encoder",
     "seed": "--seed",
     "num_samples": "--num-samples",
     "workers_per_trial": "--workers-per-trial",
@@ -30,7 +31,7 @@ FLAGS = {
 }
 
 
-LATER_DEFAULTS = {"unlabelled": "all", "runner": "train"}
+LATER_DEFAULTS = {"unlabelled": "all", "runner": "train", "encoder": "auto"}
 """Keys a record written by an earlier version lacks, and the value they had then."""
 
 
@@ -43,6 +44,7 @@ def record(args, space, data_cfg) -> dict[str, Any]:
         "labels_per_class": data_cfg.labels_per_class,
         "val_per_class": data_cfg.val_per_class,
         "unlabelled": data_cfg.unlabelled,
+        "encoder": data_cfg.model_dump()["encoder"],
         "seed": args.seed,
         "num_samples": args.num_samples,
         "workers_per_trial": args.workers_per_trial,

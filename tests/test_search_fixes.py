@@ -133,12 +133,13 @@ def test_resume_with_other_arguments_names_each_difference(bench, tmp_path, caps
             bench,
             tmp_path,
             *("--name", "s", "--resume", "--epochs", "3"),
-            *("--labels-per-class", "2", "--num-samples", "12"),
+            *("--labels-per-class", "2", "--num-samples", "12", "--encoder", "mlp"),
         )
     )
     err = capsys.readouterr().err
     assert code == 2, err
     assert "--labels-per-class was 5, now 2" in err
+    assert "--encoder was 'auto', now 'mlp'" in err
     assert "--num-samples was 8, now 12" in err
     assert "the space's fixed.epochs was 2, now 3" in err
     stored = json.loads((tmp_path / "s" / "sweep.json").read_text())
