@@ -101,6 +101,8 @@ def test_labels_groups_and_splits_follow_the_split_files(converted: Path) -> Non
         expected = [f"yt-{i}_Ab:{CATEGORIES[i % 3]}" for i in videos]
         expected += ["yt-0_Ab:Male speech, man speaking"] if s == "train" else []
         assert audio.ids.tolist() == image.ids.tolist() == expected
+        # an event's sound and frame are one instance: paired by pair_id (the paired setting)
+        assert audio.pair_ids.tolist() == image.pair_ids.tolist() == expected
         assert audio.y.tolist() == [CATEGORIES.index(i.split(":")[1]) for i in expected]
         assert audio.groups.tolist() == [i.split(":")[0] for i in expected]
         assert np.array_equal(audio.y, image.y)

@@ -360,3 +360,17 @@ def test_a_two_worker_ray_train_run_gives_each_rank_its_rows_partners(
     finally:
         ray.shutdown()
     assert out["epoch"] == 2 and 0.0 <= out["test_acc"] <= 1.0
+
+
+def test_pairing_is_searchable(tmp_path):
+    from cmkd.space import load_space
+
+    path = tmp_path / "both.yaml"
+    path.write_text(
+        "params:\n  pairing: {choice: [class_matched, paired]}\n"
+        "  w_fm: {choice: [0.0, 1.0], when: {pairing: paired}}\n"
+        "fixed: {algorithm: ucmkd_sum}\n"
+    )
+    space = load_space(path)
+    assert space.trial_config({"pairing": "paired", "w_fm": 1.0})["w_fm"] == 1.0
+    assert space.trial_config({"pairing": "class_matched"})["pairing"] == "class_matched"

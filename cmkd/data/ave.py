@@ -13,7 +13,8 @@ clip's sound over the event's [StartTime, EndTime) seconds, centre-cropped or ze
 `frames` 10 ms frames (or of the whole clip with segment="clip"); `image`, the frame on screen at
 the middle of the event, centre-cropped to a square and shrunk to (3, size, size) in [0, 1].
 The label is the category's index in sorted order (28 categories), the group the video id. A
-video with two events gives two samples, ids "<VideoID>:<Category>". Events of zero length (a
+video with two events gives two samples, ids "<VideoID>:<Category>", which are also their pair
+ids (an event's sound and frame are one instance: ``pairing: paired`` can use it). Events of zero length (a
 handful of lines have StartTime == EndTime) are skipped and listed in meta.json.
 """
 
@@ -166,8 +167,9 @@ def convert_ave(
             )
         labels = np.array([categories.index(e.category) for e in events], np.int64)
         ids, groups = [e.id for e in events], [e.video for e in events]
-        write_split(split_path(out, "audio", s), audio, labels, ids, groups)
-        write_split(split_path(out, "image", s), image, labels, ids, groups)
+        # the audio and the frame of one event are one instance: the paired setting can use it
+        for modality, x in (("audio", audio), ("image", image)):
+            write_split(split_path(out, modality, s), x, labels, ids, groups, pair_ids=ids)
     videos = {s: {e.video for e in splits[s]} for s in SPLITS}
     write_meta(
         out,
