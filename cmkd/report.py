@@ -259,11 +259,13 @@ def importances(study) -> tuple[dict[str, dict[str, float]], list[str]]:
             f"importance needs at least 2 completed searched trials; the sweep has {len(done)}"
         ]
     out, notes = {}, []
+    # a two-objective study: the importance for the quality objective (the first)
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
     for name, ev in evaluators.items():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                imp = optuna.importance.get_param_importances(study, evaluator=ev)
+                imp = optuna.importance.get_param_importances(study, evaluator=ev, target=target)
         except (ValueError, RuntimeError) as e:
             notes.append(f"{name}: {e}")
             continue
@@ -459,7 +461,8 @@ def fig_parallel(sweep: dict, study, out: Path) -> Path | None:
     import numpy as np
     from optuna.distributions import CategoricalDistribution
 
-    trials = [t for t in study.trials if t.value is not None]
+    trials = [t for t in study.trials if t.values is not None]
+    quality = {t.number: t.values[0] for t in trials}  # the first objective with two
     dists: dict = {}
     for t in trials:
         dists.update(t.distributions)
@@ -468,7 +471,7 @@ def fig_parallel(sweep: dict, study, out: Path) -> Path | None:
     plt = _plt()
     names = list(dists)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * (len(names) + 1)), 4.5))
-    values = np.array([t.value for t in trials])
+    values = np.array([quality[t.number] for t in trials])
     lo, hi = values.min(), values.max()
     cmap = plt.get_cmap("viridis")
 
@@ -482,11 +485,10 @@ def fig_parallel(sweep: dict, study, out: Path) -> Path | None:
         x = math.log(v) if d.log else v
         return (x - a) / (b - a) if b > a else 0.5
 
-    for t in sorted(trials, key=lambda t: t.value):
-        ys = [pos(n, t.params.get(n)) for n in names] + [
-            (t.value - lo) / (hi - lo) if hi > lo else 0.5
-        ]
-        c = cmap((t.value - lo) / (hi - lo) if hi > lo else 0.5)
+    for t in sorted(trials, key=lambda t: quality[t.number]):
+        v = quality[t.number]
+        ys = [pos(n, t.params.get(n)) for n in names] + [(v - lo) / (hi - lo) if hi > lo else 0.5]
+        c = cmap((v - lo) / (hi - lo) if hi > lo else 0.5)
         ax.plot(range(len(names) + 1), ys, color=c, lw=2, alpha=0.85, marker="o")
     for i, n in enumerate(names):
         d = dists[n]

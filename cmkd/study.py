@@ -164,7 +164,8 @@ def to_study(sweep: dict, storage=None):
     """The searched trials as an Optuna study (in memory unless ``storage`` is given).
 
     A trial's value is its best metric over the epochs it ran (what the sweep ranks by);
-    every epoch is an intermediate value; ASHA's stop shows in the user attribute
+    every epoch is an intermediate value; a two-objective sweep's study has both directions,
+    each trial valued by its best metric and the student's cost, and no intermediate values; ASHA's stop shows in the user attribute
     ``stopped_by_asha``. Failed trials are FAIL; while the sweep runs (no results.json yet),
     trials with no report yet are RUNNING.
     """
@@ -173,15 +174,22 @@ def to_study(sweep: dict, storage=None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = distributions(sweep)
+    # a two-objective sweep: the quality metric and the student's cost, as its searcher saw them
+    objectives = [(sweep["metric"], sweep["mode"])]
+    cost = None
+    for o in (sweep["results"] or {}).get("objectives") or []:
+        if o["metric"] != sweep["metric"]:
+            cost = o["metric"]
+            objectives.append((cost, o["mode"]))
     study = optuna.create_study(
         study_name=sweep["name"],
         storage=storage,
-        direction="maximize" if sweep["mode"] == "max" else "minimize",
+        directions=["maximize" if mode == "max" else "minimize" for _, mode in objectives],
         load_if_exists=False,
     )
     with warnings.catch_warnings():  # set_metric_names is marked experimental
         warnings.simplefilter("ignore")
-        study.set_metric_names([sweep["metric"]])
+        study.set_metric_names([m for m, _ in objectives])
     for t in sweep["trials"]:
         if t["role"] != "search" and "best" in t:
             study.set_user_attr(f"{t['role']} best {sweep['metric']}", t["best"])
@@ -201,12 +209,18 @@ def to_study(sweep: dict, storage=None):
             state, value = TrialState.RUNNING, None
         else:
             state, value = TrialState.COMPLETE, t["best"]
+        spent = t["history"][-1].get(cost) if cost and t["history"] else None
+        if cost and state == TrialState.COMPLETE and not isinstance(spent, (int, float)):
+            state, value = TrialState.FAIL, None  # no cost reported: not a point of the study
         trial = create_trial(
             state=state,
-            value=value,
+            values=None if value is None else [value, float(spent)] if cost else [value],
             params=params,
             distributions={k: dists[k] for k in params},
-            intermediate_values={
+            # Optuna keeps no intermediate values for several objectives
+            intermediate_values={}
+            if cost
+            else {
                 int(h["epoch"]): float(h[sweep["metric"]])
                 for h in t["history"]
                 if isinstance(h.get(sweep["metric"]), (int, float))

@@ -126,3 +126,23 @@ def test_two_objective_sweep_writes_a_runnable_front_and_draws_it(bench, tmp_pat
     assert "Pareto front: val_acc against student_params" in page and 'src="pareto.png"' in page
     assert "Final retrain: the front's points on fresh seeds" in page
     assert_not_blank(Path(sweep / "report" / "pareto.png"))
+
+    # the exported Optuna study has both directions; its front (searched trials only) holds
+    # the sweep front's searched points, and any other point of it is dominated by a reference
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(sweep / "optuna-study.log")))
+    study = optuna.load_study(study_name=results["name"], storage=storage)
+    assert study.metric_names == ["val_acc", "student_params"]
+    searched = {
+        (p["values"]["val_acc"], p["values"]["student_params"])
+        for p in points
+        if p["role"] == "search"
+    }
+    study_front = {tuple(t.values) for t in study.best_trials}
+    assert searched and searched <= study_front
+    refs = [tuple(p["values"].values()) for p in points if p["role"] != "search"]
+    for v in study_front - searched:
+        assert any(dominates(r, v, modes) for r in refs), v
