@@ -33,8 +33,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +40,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.publish import publish
-from benchmarks.quality import diff, fmt, pts, train_seeds
+from benchmarks.quality import diff, fmt, pts, sweep_results, train_seeds
 from cmkd.config import DataConfig
 from cmkd.space import load_space
 from cmkd.train import load_run_data
@@ -80,24 +78,12 @@ PARTS = (  # name, a, b: paired a − b over the seeds
 
 def sweep(setting: str, args) -> dict:
     """The setting's sweep results (run now unless runs/paired/ holds them already)."""
-    name = f"paired-{setting}-{LABELS}lpc"
-    results = args.storage / name / "results.json"
-    if not results.is_file():
-        cmd = [
-            sys.executable, "-m", "cmkd.tune", "--space", SETTINGS[setting],
-            "--benchmark", BENCHMARK, "--labels-per-class", str(LABELS),
-            "--val-per-class", str(VAL), "--num-samples", str(args.num_samples),
-            "--storage", str(args.storage), "--name", name, "--wandb", "disabled",
-            "--data-root", str(args.data_root),
-            *(["--resume"] if (args.storage / name / "sweep.json").is_file() else []),
-        ]  # fmt: skip
-        print(" ".join(cmd), flush=True)
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0 or not results.is_file():
-            raise RuntimeError(
-                f"the {setting} sweep failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
-            )
-    return json.loads(results.read_text())
+    flags = [
+        "--space", SETTINGS[setting], "--benchmark", BENCHMARK,
+        "--labels-per-class", str(LABELS), "--val-per-class", str(VAL),
+        "--num-samples", str(args.num_samples),
+    ]  # fmt: skip
+    return sweep_results(f"paired-{setting}-{LABELS}lpc", flags, args, f"the {setting} sweep")
 
 
 def run(args) -> dict:

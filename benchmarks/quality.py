@@ -101,24 +101,30 @@ def sweep(regime: str, args) -> dict:
     vpc = val_per_class(regime)
     name = f"quality-{bench}-{lpc}lpc" + (f"-{vpc}val" if vpc != VAL_PER_CLASS else "")
     name += f"-{epochs(regime)}ep" if epochs(regime) else ""
+    flags = [
+        "--space", SPACE, "--benchmark", bench, "--labels-per-class", str(lpc),
+        "--num-samples", str(args.num_samples), "--val-per-class", str(vpc), "--controls",
+        *(["--epochs", str(epochs(regime))] if epochs(regime) else []),
+        *(["--student", student, "--teacher", teacher] if student else []),
+    ]  # fmt: skip
+    return sweep_results(name, flags, args, f"the sweep on {regime}")
+
+
+def sweep_results(name: str, flags: list[str], args, what: str) -> dict:
+    """results.json of the sweep ``args.storage/name``, run now with ``cmkd.tune`` and ``flags``
+    (resumed if it was started) unless it finished already."""
     results = args.storage / name / "results.json"
     if not results.is_file():
         cmd = [
-            sys.executable, "-m", "cmkd.tune", "--space", SPACE, "--benchmark", bench,
-            "--labels-per-class", str(lpc), "--num-samples", str(args.num_samples),
-            "--val-per-class", str(vpc), "--controls",
-            *(["--epochs", str(epochs(regime))] if epochs(regime) else []),
+            sys.executable, "-m", "cmkd.tune", *flags,
             "--storage", str(args.storage), "--name", name, "--wandb", "disabled",
             "--data-root", str(args.data_root),
-            *(["--student", student, "--teacher", teacher] if student else []),
             *(["--resume"] if (args.storage / name / "sweep.json").is_file() else []),
         ]  # fmt: skip
         print(" ".join(cmd), flush=True)
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0 or not results.is_file():
-            raise RuntimeError(
-                f"the sweep on {regime} failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
-            )
+            raise RuntimeError(f"{what} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     return json.loads(results.read_text())
 
 

@@ -347,14 +347,9 @@ def _parse_objectives(raw: dict, src: str) -> tuple[tuple[str, str], ...]:
                 f"{src}: {where}.metric: unknown metric {metric!r}{_hint(metric, known)}; "
                 f"expected a quality metric {list(QUALITY)} or a cost {list(COSTS)}"
             )
-        mode = obj.get("mode", known[metric])
-        if mode not in ("max", "min"):
-            raise SpaceError(f"{src}: {where}.mode: expected max or min, got {mode!r}")
-        if mode != known[metric]:
-            raise SpaceError(
-                f"{src}: {where}.mode: {metric} is to be {known[metric]}imised; mode must be "
-                f"{known[metric]} (or left out), got {mode}"
-            )
+        mode = _checked_mode(
+            obj.get("mode", known[metric]), metric, known[metric], src, where + "."
+        )
         parsed.append((metric, mode))
     kinds = [m in COSTS for m, _ in parsed]
     if kinds.count(True) != 1:
@@ -456,15 +451,22 @@ def _parse_metric(raw: dict, src: str) -> tuple[str, str]:
             f"{src}: metric: unknown metric {metric!r}{_hint(metric, METRICS)}; "
             f"expected one of {list(METRICS)}"
         )
-    mode = raw.get("mode", METRIC_MODES[metric])
+    return metric, _checked_mode(
+        raw.get("mode", METRIC_MODES[metric]), metric, METRIC_MODES[metric], src
+    )
+
+
+def _checked_mode(mode: Any, metric: str, expected: str, src: str, where: str = "") -> str:
+    """A metric's mode as written, refused unless it is max or min and agrees with the metric;
+    ``where`` prefixes the key in the message (``objectives[1].``)."""
     if mode not in ("max", "min"):
-        raise SpaceError(f"{src}: mode: expected max or min, got {mode!r}")
-    if mode != METRIC_MODES[metric]:
+        raise SpaceError(f"{src}: {where}mode: expected max or min, got {mode!r}")
+    if mode != expected:
         raise SpaceError(
-            f"{src}: mode: {metric} is to be {METRIC_MODES[metric]}imised; "
-            f"mode must be {METRIC_MODES[metric]} (or left out), got {mode}"
+            f"{src}: {where}mode: {metric} is to be {expected}imised; mode must be {expected} "
+            f"(or left out), got {mode}"
         )
-    return metric, mode
+    return mode
 
 
 def _parse_fixed(fixed: Any, src: str) -> dict[str, Any]:

@@ -339,6 +339,27 @@ def confirm_front(points: list[dict], final: dict, objectives) -> None:
         }
 
 
+def results_dir(root: str, name: str) -> Path:
+    """Where a sweep's results are written here: its folder, or runs/NAME for remote storage
+    (uploaded from there)."""
+    return Path(root) / name if "://" not in root else Path("runs") / name
+
+
+def results_head(name: str, space, data, data_cfg: DataConfig) -> dict:
+    """The keys that open every results.json: what was searched, on which data, for what."""
+    return {
+        "name": name,
+        "space": str(space.path),
+        "benchmark": data.meta.name,
+        "student": data.student,
+        "teacher": data.teacher,
+        "labels_per_class": data_cfg.labels_per_class,
+        "val_per_class": data_cfg.val_per_class,
+        "metric": space.metric,
+        "objective": "best_" + space.metric,
+    }
+
+
 def write_front(out_dir: Path, points: list[dict], data_cfg: DataConfig) -> None:
     """``out_dir/pareto/<k>.yaml`` for each point (``python -m cmkd.train --config``); each
     point gains ``file`` and ``experiment`` (the same, as results.json keeps it). Files of an
@@ -387,20 +408,12 @@ def finish_pareto(
         )
         final, final_failed = retrain({p["name"]: p["config"] for p in points})
         confirm_front(points, final, space.objectives)
-    out_dir = Path(root) / name if "://" not in root else Path("runs") / name
+    out_dir = results_dir(root, name)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_front(out_dir, points, data_cfg)
     total_s = time.perf_counter() - t_start
     results = {
-        "name": name,
-        "space": str(space.path),
-        "benchmark": data.meta.name,
-        "student": data.student,
-        "teacher": data.teacher,
-        "labels_per_class": data_cfg.labels_per_class,
-        "val_per_class": data_cfg.val_per_class,
-        "metric": space.metric,
-        "objective": "best_" + space.metric,
+        **results_head(name, space, data, data_cfg),
         "objectives": [{"metric": m, "mode": mode} for m, mode in space.objectives],
         "pareto": points,
         "trials": rows,
@@ -822,18 +835,10 @@ def run_sweep(args, space, data_cfg: DataConfig, data, name: str, root: str, t_s
         f"top search candidate {describe(chosen)}, unchecked on fresh seeds."
     )
     total_s = time.perf_counter() - t_start
-    out_dir = Path(root) / name if "://" not in root else Path("runs") / name
+    out_dir = results_dir(root, name)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {
-        "name": name,
-        "space": str(space.path),
-        "benchmark": data.meta.name,
-        "student": data.student,
-        "teacher": data.teacher,
-        "labels_per_class": data_cfg.labels_per_class,
-        "val_per_class": data_cfg.val_per_class,
-        "metric": space.metric,
-        "objective": "best_" + space.metric,
+        **results_head(name, space, data, data_cfg),
         "trials": rows,
         "finalists": [row_name(r) for r in top],
         "final_seeds": seeds if args.final_seeds > 0 else [],

@@ -550,12 +550,9 @@ def paired_modalities(directory: str | Path, meta: Meta) -> list[str]:
 
 def read_pairs(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """A table's pair ids (N,) str and labels (N,) int64 (None in a pool), no features read."""
-    names = _read_schema(path).names
-    columns = [PAIR] + (["label"] if "label" in names else [])
-    table = pq.read_table(path, columns=columns)
-    labels = table.column("label").to_numpy() if "label" in names else None
-    if labels is not None and (labels == NO_LABEL).all() and path.name.endswith(f"_{POOL}.parquet"):
-        labels = None
+    labelled = not path.name.endswith(f"_{POOL}.parquet")  # a pool's label column is all -1
+    table = pq.read_table(path, columns=[PAIR, "label"] if labelled else [PAIR])
+    labels = table.column("label").to_numpy() if labelled else None
     return np.asarray(table.column(PAIR).to_pylist(), dtype=str), labels
 
 
